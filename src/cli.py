@@ -1,0 +1,232 @@
+"""The ``crmkit`` command line: thin wrappers that parse arguments, call a pipeline and print
+a summary. Heavy libraries are imported inside the commands so ``crmkit --help`` is fast.
+
+Every command that writes takes ``--out DIR``; outputs are written all-or-nothing. Errors
+caused by input or configuration print a clear message and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from crmkit import __version__
+from crmkit.errors import CrmkitError
+
+app = typer.Typer(
+    name="crmkit",
+    help="Customer intelligence from raw e-commerce transaction logs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+log = logging.getLogger("crmkit")
+
+
+def _err(msg: str) -> None:
+    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+
+
+def _info(msg: str) -> None:
+    typer.echo(msg, err=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"crmkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+    version: Annotated[
+        Optional[bool],  # noqa: UP045 - typer needs Optional here
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = None,
+) -> None:
+    """crmkit: validate, featurise, model and score customers from order lines."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output directory (created).")]
+ConfigOpt = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option("--config", "-c", help="Pipeline YAML (see pipelines/validate.yaml)."),
+]
+
+
+def _parse_map(items: list[str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise CrmkitError(f"--map takes 'File Header=canonical_name', got {item!r}")
+        k, v = item.rsplit("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+@app.command()
+def simulate(
+    out: OutOpt,
+    customers: Annotated[
+        Optional[int], typer.Option(help="Number of customers.")  # noqa: UP045
+    ] = None,
+    lines: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(help="Approximate number of order lines (sets --customers)."),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    fmt: Annotated[str, typer.Option("--format", help="parquet or csv.")] = "parquet",
+) -> None:
+    """Generate order lines from a known process (BG/NBD purchasing, Gamma-Gamma spend,
+    planted product affinities, dirty rows) and write them with the ground truth.
+
+    Writes OUT/lines.parquet (or lines.csv), OUT/truth.json, OUT/truth_customers.parquet,
+    OUT/truth_products.parquet and OUT/truth_rules.parquet.
+    """
+    from crmkit.data.io import staged_output, write_parquet
+    from crmkit.data.simulate import customers_for_lines, simulate_transactions
+
+    if fmt not in {"parquet", "csv"}:
+        raise CrmkitError(f"--format must be parquet or csv, got {fmt!r}")
+    if customers is not None and lines is not None:
+        raise CrmkitError("give --customers or --lines, not both")
+    n = customers if customers is not None else customers_for_lines(lines) if lines else 5000
+    t0 = time.perf_counter()
+    _info(f"simulating {n:,} customers (seed {seed}) ...")
+    res = simulate_transactions(n_customers=n, seed=seed)
+    _write_simulation(res, out, fmt, staged_output, write_parquet)
+    _info(
+        f"wrote {len(res.lines):,} order lines for {n:,} customers to {out} "
+        f"in {time.perf_counter() - t0:.1f} s"
+    )
+
+
+def _write_simulation(res, out, fmt, staged_output, write_parquet) -> Path:  # noqa: ANN001
+    import json
+
+    with staged_output(out) as stage:
+        if fmt == "csv":
+            res.lines.to_csv(stage / "lines.csv", index=False, date_format="%Y-%m-%d %H:%M:%S")
+        else:
+            write_parquet(res.lines, stage / "lines.parquet")
+        (stage / "truth.json").write_text(
+            json.dumps(res.truth.to_json_dict(), indent=2, default=str) + "\n", encoding="utf-8"
+        )
+        write_parquet(res.truth.customers, stage / "truth_customers.parquet")
+        write_parquet(res.truth.products, stage / "truth_products.parquet")
+        write_parquet(res.truth.rules, stage / "truth_rules.parquet")
+    return Path(out) / ("lines.csv" if fmt == "csv" else "lines.parquet")
+
+
+@app.command()
+def validate(
+    data: Annotated[
+        Path, typer.Argument(help="Transaction file: CSV/TSV/TXT(.gz), Parquet, Excel.")
+    ],
+    out: OutOpt,
+    config: ConfigOpt = None,
+    map_: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option("--map", help="Column mapping 'File Header=canonical_name' (repeatable)."),
+    ] = None,
+    date_format: Annotated[
+        Optional[str], typer.Option(help="strptime format of the timestamp column.")  # noqa: UP045
+    ] = None,
+    encoding: Annotated[
+        Optional[str], typer.Option(help="Text encoding (detected when not given).")  # noqa: UP045
+    ] = None,
+    delimiter: Annotated[
+        Optional[str], typer.Option(help="Field delimiter (detected when not given).")  # noqa: UP045
+    ] = None,
+    sheet: Annotated[Optional[str], typer.Option(help="Excel sheet name.")] = None,  # noqa: UP045
+    names: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Comma-separated column names for a file without a header row."),
+    ] = None,
+    as_of: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Analysis date: lines after it are dropped (and counted)."),
+    ] = None,
+    returns: Annotated[
+        Optional[str], typer.Option(help="drop (default) or net: returns reduce spend.")  # noqa: UP045
+    ] = None,
+) -> None:
+    """Check a transaction file against the data contract, clean it, and write
+    OUT/lines.parquet (canonical columns) and OUT/quality_report.json.
+
+    Prints the data-quality report. On any error OUT receives no output.
+    """
+    from crmkit.pipelines.config import load_config
+    from crmkit.pipelines.validate import LINES_FILE, REPORT_FILE, run_validate
+
+    cfg = load_config(
+        config,
+        overrides={
+            "data": {
+                "columns": _parse_map(map_) or None,
+                "date_format": date_format,
+                "encoding": encoding,
+                "delimiter": delimiter,
+                "sheet": sheet,
+                "names": [n.strip() for n in names.split(",")] if names else None,
+            },
+            "cleaning": {"as_of": as_of, "returns": returns},
+        },
+    )
+    t0 = time.perf_counter()
+    _info(f"validating {data} ...")
+    result = run_validate(data, out, cfg)
+    typer.echo(result.report.render())
+    _info(f"wrote {out / LINES_FILE} and {out / REPORT_FILE} in {time.perf_counter() - t0:.1f} s")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path("out/demo"),
+    customers: Annotated[int, typer.Option(help="Customers in the sample.")] = 5000,
+    seed: Annotated[int, typer.Option(help="Random seed of the sample.")] = 0,
+) -> None:
+    """The main job end to end on the embedded sample data: generate the sample (seeded
+    simulator, CSV as a shop would export it), then validate and clean it."""
+    from crmkit.data.io import staged_output, write_parquet
+    from crmkit.data.simulate import simulate_transactions
+    from crmkit.pipelines.config import load_config
+    from crmkit.pipelines.validate import run_validate
+
+    t0 = time.perf_counter()
+    _info(f"[1/2] generating the sample: {customers:,} customers, seed {seed}")
+    res = simulate_transactions(n_customers=customers, seed=seed)
+    sample = _write_simulation(res, out / "sample", "csv", staged_output, write_parquet)
+    _info(f"      {len(res.lines):,} order lines -> {sample}")
+    _info("[2/2] validating and cleaning")
+    cfg_path = Path("pipelines/validate.yaml")
+    cfg = load_config(cfg_path if cfg_path.is_file() else None)
+    result = run_validate(sample, out / "validated", cfg)
+    typer.echo(result.report.render())
+    _info(f"done in {time.perf_counter() - t0:.1f} s; outputs in {out}/")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except CrmkitError as exc:
+        _err(str(exc))
+        sys.exit(2)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

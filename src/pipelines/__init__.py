@@ -1,0 +1,1 @@
+"""Orchestration of the stages (validate, train, score), driven by the YAML in ``pipelines/``."""

@@ -1,0 +1,146 @@
+"""The crmkit command line, run as a user runs it (a real subprocess for the entry point)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from crmkit.cli import app
+
+runner = CliRunner()
+
+CANON = (
+    "customer_id,order_id,order_ts,product_id,quantity,unit_price\n"
+    "c1,o1,2023-01-05 10:00:00,p1,2,3.50\n"
+    "c1,o1,2023-01-05 10:00:00,p1,2,3.50\n"
+    ",o2,2023-01-06 10:00:00,p1,1,3.50\n"
+    "c2,C3,2023-02-01 12:30:00,p1,-1,3.50\n"
+    "c2,o4,2023-02-01 12:30:00,POST,1,2.00\n"
+    "c2,o5,2023-03-01 12:30:00,p2,1,9.00\n"
+)
+
+
+def _crmkit(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).with_name("crmkit")
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_help_everywhere():
+    for args in ([], ["simulate"], ["validate"], ["demo"]):
+        res = runner.invoke(app, [*args, "--help"])
+        assert res.exit_code == 0, res.output
+        assert "Usage" in res.output
+
+
+def test_validate_writes_lines_and_report(tmp_path):
+    src = tmp_path / "in.csv"
+    src.write_text(CANON)
+    out = tmp_path / "out"
+    res = _crmkit("validate", str(src), "--out", str(out), "--as-of", "2023-02-15")
+    assert res.returncode == 0, res.stderr
+    assert "exact_duplicates" in res.stdout and "after_analysis_date" in res.stdout
+    lines = pd.read_parquet(out / "lines.parquet")
+    assert lines["amount"].tolist() == [7.0]
+    rep = json.loads((out / "quality_report.json").read_text())
+    dropped = {r["rule"]: r["rows_dropped"] for r in rep["rules"]}
+    assert dropped == {
+        "invalid_values": 0,
+        "missing_customer_id": 1,
+        "cancellations": 1,
+        "returns": 0,
+        "non_positive_price": 0,
+        "non_product_lines": 1,
+        "exact_duplicates": 1,
+        "after_analysis_date": 1,
+    }
+    assert sorted(p.name for p in out.iterdir()) == ["lines.parquet", "quality_report.json"]
+    assert not list(tmp_path.glob(".out.staging-*"))
+
+
+def test_validate_failure_leaves_no_output(tmp_path):
+    src = tmp_path / "bad.csv"
+    src.write_text(CANON.replace("2023-03-01 12:30:00", "not a date"))
+    out = tmp_path / "out"
+    res = _crmkit("validate", str(src), "--out", str(out))
+    assert res.returncode == 2
+    assert "error: [rule 'timestamp_format', column 'order_ts']" in res.stderr
+    assert "row 6: 'not a date'" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not out.exists()
+    assert not list(tmp_path.glob(".out.staging-*"))
+
+
+def test_validate_failure_keeps_previous_outputs(tmp_path):
+    src = tmp_path / "in.csv"
+    src.write_text(CANON)
+    out = tmp_path / "out"
+    assert runner.invoke(app, ["validate", str(src), "--out", str(out)]).exit_code == 0
+    before = (out / "lines.parquet").read_bytes()
+    src.write_text("customer_id,order_ts\n")
+    res = _crmkit("validate", str(src), "--out", str(out))
+    assert res.returncode == 2 and "empty_file" in res.stderr
+    assert (out / "lines.parquet").read_bytes() == before
+
+
+def test_validate_flags_map_names_and_config(tmp_path):
+    src = tmp_path / "de.csv"
+    src.write_text("Kunde;Datum;Betrag\nk1;03/01/2023;9,50\nk1;04/01/2023;1,00\n")
+    out = tmp_path / "o"
+    res = _crmkit(
+        "validate",
+        str(src),
+        "--out",
+        str(out),
+        "--map",
+        "Kunde=customer_id",
+        "--map",
+        "Datum=order_ts",
+        "--map",
+        "Betrag=amount",
+        "--date-format",
+        "%d/%m/%Y",
+    )
+    assert res.returncode == 0, res.stderr
+    lines = pd.read_parquet(out / "lines.parquet")
+    assert lines["order_ts"].tolist() == [pd.Timestamp("2023-01-03"), pd.Timestamp("2023-01-04")]
+    assert lines["amount"].tolist() == [9.5, 1.0]
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("cleaning:\n  returns: refund\n")
+    res = _crmkit("validate", str(src), "--out", str(tmp_path / "o2"), "--config", str(cfg))
+    assert res.returncode == 2
+    assert "cleaning.returns" in res.stderr
+
+
+def test_repo_config_file_is_valid():
+    from crmkit.pipelines.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(root / "pipelines" / "validate.yaml")
+    assert cfg.cleaning.returns == "drop"
+    assert "POST" in cfg.cleaning.non_product_codes
+
+
+def test_simulate_command(tmp_path):
+    out = tmp_path / "sim"
+    res = runner.invoke(app, ["simulate", "--customers", "300", "--seed", "3", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    lines = pd.read_parquet(out / "lines.parquet")
+    truth = json.loads((out / "truth.json").read_text())
+    assert len(lines) > 300
+    assert truth["params"]["n_customers"] == 300
+    assert (out / "truth_customers.parquet").exists()
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path):
+    res = _crmkit("demo", "--out", str(tmp_path / "demo"), "--customers", "1000")
+    assert res.returncode == 0, res.stderr
+    assert "Data-quality report" in res.stdout
+    assert (tmp_path / "demo" / "validated" / "lines.parquet").exists()
