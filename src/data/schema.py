@@ -249,20 +249,27 @@ def recognise_columns(
         result[src] = dst
 
     taken = set(result.values())
+    # A header spelled exactly as a crmkit column is an explicit choice: it wins over
+    # headers that are only recognised as synonyms of that column.
+    for h in headers:
+        if h not in result and h in _KNOWN and h not in taken:
+            result[h] = h
+            taken.add(h)
+    explicit = set(taken)
     for h in headers:
         if h in result:
             continue
         canon = _SYNONYM_TO_CANONICAL.get(normalise_header(h))
-        if canon is None or canon in taken:
-            if canon is not None and canon not in mapping.values():
-                other = next(k for k, v in result.items() if v == canon)
-                raise DataContractError(
-                    f"both '{other}' and '{h}' look like '{canon}'; say which one to use "
-                    f"with a column mapping (e.g. --map '{other}={canon}')",
-                    column=canon,
-                    rule="ambiguous_header",
-                )
+        if canon is None or canon in explicit:
             continue
+        if canon in taken:
+            other = next(k for k, v in result.items() if v == canon)
+            raise DataContractError(
+                f"both '{other}' and '{h}' look like '{canon}'; say which one to use "
+                f"with a column mapping (e.g. --map '{other}={canon}')",
+                column=canon,
+                rule="ambiguous_header",
+            )
         result[h] = canon
         taken.add(canon)
 

@@ -331,12 +331,20 @@ def test_duplicate_header(write):
 
 
 def test_two_headers_for_one_column(write):
-    text = "customer_id,email,order_ts,amount\nc1,a@b,2023-01-01,3\n"
+    text = "CustomerID,Email,order_ts,amount\nc1,a@b,2023-01-01,3\n"
     with pytest.raises(DataContractError) as ei:
         load_transactions(write("two.csv", text))
     assert ei.value.rule == "ambiguous_header"
-    raw = load_transactions(write("two.csv", text), mapping={"customer_id": "customer_id"})
+    assert "--map" in str(ei.value)
+    raw = load_transactions(write("two.csv", text), mapping={"CustomerID": "customer_id"})
     assert raw.frame["customer_id"].tolist() == ["c1"]
+    # A header spelled exactly as the crmkit column wins over synonyms.
+    exact = load_transactions(write("exact.csv", text.replace("CustomerID", "customer_id")))
+    assert exact.columns == {
+        "customer_id": "customer_id",
+        "order_ts": "order_ts",
+        "amount": "amount",
+    }
 
 
 def test_bad_mapping(write):
