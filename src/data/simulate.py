@@ -148,9 +148,10 @@ LINE_COLUMNS: tuple[str, ...] = (
     "channel",
 )
 #: Mean number of rows of ``lines`` (dirty rows included) per customer with the default
-#: parameters, measured over 10 seeds x 200 000 customers (range 10.05-10.16 per seed; the
-#: spread comes from the heavy tail of very frequent, long-lived buyers).
-LINES_PER_CUSTOMER = 10.1
+#: parameters, measured over 10 seeds x 200 000 customers (mean 15.73, range 15.60-15.88 per
+#: seed; at 5 000 customers the per-seed standard deviation is about 2 %, from the heavy tail
+#: of very frequent, long-lived buyers). About 6.4 orders per customer x 2.5 lines per order.
+LINES_PER_CUSTOMER = 15.73
 
 _NS_PER_SECOND = 1_000_000_000
 _NS_PER_DAY = 86_400 * _NS_PER_SECOND
@@ -182,6 +183,14 @@ _HOURLY_ONLINE = np.array(
     + [4.3, 4.2, 4.0, 3.8, 3.7, 3.9, 4.3, 4.8, 5.0, 4.5, 3.2, 1.9]
 )
 _HOURLY_STORE = np.array([0.0] * 9 + [1.5, 2.5, 3.0, 3.5, 3.5, 3.0, 3.0, 3.2, 3.5, 3.0, 2.0] + [0.0] * 4)
+# Basket filling: accept a candidate line while the basket's list value stays within
+# (1 + tolerance) x the order value; stop at (1 - tolerance) x value, after _MAX_MISSES
+# candidates in a row that do not fit, or after _MAX_ROUNDS candidates. An empty basket takes
+# its candidate (quantity 1) regardless after _FORCE_AFTER misses.
+_BASKET_TOLERANCE = 0.15
+_MAX_MISSES = 3
+_FORCE_AFTER = 6
+_MAX_ROUNDS = 60
 _STAGES = ("catalogue", "customers", "times", "baskets", "prices", "dirty")
 
 
@@ -221,8 +230,10 @@ class SimulationParams:
     dirty_fraction
         Total share (relative to the clean lines) of planted dirty rows, split evenly over the
         five kinds.
-    extra_items_mean
-        Mean of the Poisson number of products drawn beyond the first in each order.
+    price_level
+        Median list price of a category's tier 1 products (category levels are lognormal around
+        it). As order values are fixed by the Gamma-Gamma model, it sets the basket size: the
+        default gives about 2.5 lines per order.
     category_loyalty
         Probability that a drawn product comes from the customer's favourite category.
     zipf_exponent
@@ -251,7 +262,7 @@ class SimulationParams:
     affinity_confidence: float = 0.6
     consumable_share: float = 0.1
     dirty_fraction: float = 0.01
-    extra_items_mean: float = 1.0
+    price_level: float = 6.0
     category_loyalty: float = 0.5
     zipf_exponent: float = 1.0
     consumable_adoption: float = 0.3
@@ -281,10 +292,12 @@ class SimulationParams:
             value = _as_float(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"{name} must be in [0, 1], got {value!r}")
-        for name, upper in (("dirty_fraction", 0.5), ("extra_items_mean", 50.0)):
-            value = _as_float(self, name)
-            if not 0.0 <= value <= upper:
-                raise ConfigError(f"{name} must be in [0, {upper}], got {value!r}")
+        fraction = _as_float(self, "dirty_fraction")
+        if not 0.0 <= fraction <= 0.5:
+            raise ConfigError(f"dirty_fraction must be in [0, 0.5], got {fraction!r}")
+        level = _as_float(self, "price_level")
+        if not 0.01 <= level <= 1e6:
+            raise ConfigError(f"price_level must be in [0.01, 1e6], got {level!r}")
         zipf = _as_float(self, "zipf_exponent")
         if not 0.0 <= zipf <= 10.0:
             raise ConfigError(f"zipf_exponent must be in [0, 10], got {zipf!r}")
@@ -306,10 +319,10 @@ class SimulationParams:
                 f"({3 * self.n_categories}): every category has products in 3 price tiers"
             )
         n_consumables = self.n_consumables
-        if self.n_products < 3 * self.n_affinities + n_consumables:
+        if self.n_products < 4 * self.n_affinities + n_consumables:
             raise ConfigError(
-                f"n_products ({self.n_products}) must be >= 3 * n_affinities + the number of "
-                f"consumables ({3 * self.n_affinities} + {n_consumables}); lower n_affinities "
+                f"n_products ({self.n_products}) must be >= 4 * n_affinities + the number of "
+                f"consumables ({4 * self.n_affinities} + {n_consumables}); lower n_affinities "
                 "or consumable_share"
             )
 
@@ -445,8 +458,8 @@ class SimulationResult:
 def customers_for_lines(n_lines: int) -> int:
     """Number of customers that gives about ``n_lines`` rows of ``lines`` with default params.
 
-    Uses the empirical :data:`LINES_PER_CUSTOMER` (10.1 rows per customer, dirty rows included,
-    measured over 10 seeds at 200 000 customers). Small data sets vary more because a few
+    Uses the empirical :data:`LINES_PER_CUSTOMER` (15.73 rows per customer, dirty rows
+    included, measured over 10 seeds at 200 000 customers). Small data sets vary more because a few
     customers buy very often.
 
     Parameters
@@ -508,8 +521,9 @@ def simulate_transactions(
     cat = _make_catalogue(params, rngs["catalogue"])
     cust = _make_customers(params, cat, rngs["customers"])
     orders = _make_orders(params, cust, rngs["times"])
+    _draw_order_values(params, cust, orders, rngs["prices"])
     basket = _make_baskets(params, cat, cust, orders, rngs["baskets"])
-    line_price = _price_lines(params, cat, cust, orders, basket, rngs["prices"])
+    line_price = _price_lines(params, cat, orders, basket)
     return _assemble(params, cat, cust, orders, basket, line_price, rngs["dirty"])
 
 
@@ -528,27 +542,30 @@ def _make_catalogue(params: SimulationParams, rng: np.random.Generator) -> dict[
     rank[by_cat] = np.arange(n) - first[category[by_cat]]
     tier = np.where(rank < 3, rank + 1, tier).astype(np.int64)
 
-    base = np.exp(rng.normal(np.log(12.0), 0.45, n_cat))
+    base = np.exp(rng.normal(0.0, 0.45, n_cat))
     top_mult = rng.uniform(3.0, 5.0, n_cat)
     mult = np.stack([np.ones(n_cat), np.sqrt(top_mult), top_mult], axis=1)
     list_price = base[category] * mult[category, tier - 1] * np.exp(rng.normal(0.0, 0.2, n))
-    list_price = np.maximum(np.round(list_price, 2), 0.5)
-
     pop_rank = rng.permutation(n)  # 0 = most popular
     weight = 1.0 / (pop_rank + 1.0) ** params.zipf_exponent
     weight /= weight.sum()
+    # popularity-weighted mean list price = price_level (stable basket sizes across seeds)
+    list_price *= params.price_level / np.dot(weight, list_price)
+    list_price = np.maximum(np.round(list_price, 2), 0.01)
     by_pop = np.argsort(pop_rank)  # product indices, most popular first
 
     k = params.n_affinities
-    antecedents = by_pop[:k]
-    consequents = rng.choice(by_pop[2 * k :], size=k, replace=False)
+    antecedents = by_pop[k : 2 * k]  # popular, but not the very top sellers
+    consequents = rng.choice(by_pop[3 * k :], size=k, replace=False)
     in_rule = np.zeros(n, dtype=bool)
     in_rule[antecedents] = True
     in_rule[consequents] = True
     is_consumable = np.zeros(n, dtype=bool)
     n_cons = params.n_consumables
-    if n_cons:
-        is_consumable[rng.choice(np.flatnonzero(~in_rule), size=n_cons, replace=False)] = True
+    if n_cons:  # consumables are cheap: random tier 1 products first, then tier 2, 3
+        eligible = np.flatnonzero(~in_rule)
+        eligible = eligible[np.lexsort((rng.random(len(eligible)), tier[eligible]))]
+        is_consumable[eligible[:n_cons]] = True
     cycle_days = np.full(n, np.nan)
     cycle_days[is_consumable] = rng.integers(14, 91, size=n_cons).astype(float)
 
@@ -641,6 +658,25 @@ def _sorted_unique(a: np.ndarray) -> np.ndarray:
     return a[keep]
 
 
+def _draw_segments(
+    rng: np.random.Generator,
+    cum: np.ndarray,
+    seg_start: np.ndarray,
+    seg_end: np.ndarray,
+    seg: np.ndarray,
+) -> np.ndarray:
+    """Positions drawn within segments ``[seg_start[s], seg_end[s])`` of the weights whose
+    cumulative sum is ``cum``, one per entry of ``seg``, proportionally to the weights."""
+    cum_before = np.concatenate(([0.0], cum))[seg_start]
+    seg_total = cum[seg_end - 1] - cum_before
+    target = rng.random(len(seg))
+    target *= seg_total[seg]
+    target += cum_before[seg]
+    pos = np.searchsorted(cum, target, side="right")
+    del target
+    return np.clip(pos, seg_start[seg], seg_end[seg] - 1, out=pos)
+
+
 def _draw(rng: np.random.Generator, weights: np.ndarray, size: int) -> np.ndarray:
     """Indices drawn with probability proportional to ``weights`` (vectorised)."""
     cum = np.cumsum(weights, dtype=float)
@@ -731,61 +767,20 @@ def _make_baskets(
 ) -> dict[str, Any]:
     n_prod = params.n_products
     n_orders = orders["n_orders"]
-    sizes = 1 + rng.poisson(params.extra_items_mean, n_orders)
-    line_order = np.repeat(np.arange(n_orders, dtype=np.int64), sizes)
-    n_draws = len(line_order)
-    del sizes
-
-    weight = cat["weight"]
-    # draws within the customer's favourite category
+    n_cat = params.n_categories
+    # popularity draws, within the favourite category (segments 0..n_cat-1) or the whole
+    # catalogue (segment n_cat); products laid out grouped by category
     by_cat = np.argsort(cat["category"], kind="stable")
-    cum = np.cumsum(weight[by_cat])
-    seg_end = np.searchsorted(cat["category"][by_cat], np.arange(params.n_categories), side="right")
-    seg_start = np.concatenate(([0], seg_end[:-1]))
-    cum_before = np.concatenate(([0.0], cum))[seg_start]
-    seg_total = cum[seg_end - 1] - cum_before
-    c = cust["fav_cat"][orders["cust"]][line_order]
-    target = rng.random(n_draws)
-    target *= seg_total[c]
-    target += cum_before[c]
-    pos = np.searchsorted(cum, target, side="right")
-    del target
-    np.clip(pos, seg_start[c], seg_end[c] - 1, out=pos)
-    del c
-    product = by_cat[pos]
-    del pos
-    # other draws from the whole catalogue
-    from_all = rng.random(n_draws) >= params.category_loyalty
-    product[from_all] = _draw(rng, weight, int(from_all.sum()))
-    del from_all
-    line_order *= n_prod
-    line_order += product
-    del product
-    keys = _sorted_unique(line_order)  # distinct products per order
-    del line_order
+    cum = np.cumsum(cat["weight"][by_cat])
+    cat_end = np.searchsorted(cat["category"][by_cat], np.arange(n_cat), side="right")
+    seg_start = np.concatenate(([0], cat_end[:-1], [0]))
+    seg_end = np.concatenate((cat_end, [n_prod]))
+    fav = cust["fav_cat"][orders["cust"]]
+    list_price = cat["list_price"]
 
-    # planted affinities: in orders with A, B is present iff a coin with P = confidence says so
-    k = params.n_affinities
-    if k:
-        rule_of_a = np.full(n_prod, -1, dtype=np.int64)
-        rule_of_a[cat["antecedents"]] = np.arange(k)
-        rule_of_b = np.full(n_prod, -1, dtype=np.int64)
-        rule_of_b[cat["consequents"]] = np.arange(k)
-        pr = keys % n_prod
-        a_idx = np.flatnonzero(rule_of_a[pr] >= 0)
-        b_idx = np.flatnonzero(rule_of_b[pr] >= 0)
-        del pr
-        a_order, a_rule = keys[a_idx] // n_prod, rule_of_a[keys[a_idx] % n_prod]
-        coin = rng.random(len(a_order)) < params.affinity_confidence
-        drop_pairs = np.sort(a_order[~coin] * k + a_rule[~coin])
-        b_pairs = (keys[b_idx] // n_prod) * k + rule_of_b[keys[b_idx] % n_prod]
-        keep = np.ones(len(keys), dtype=bool)
-        keep[b_idx[np.isin(b_pairs, drop_pairs)]] = False
-        add = a_order[coin] * n_prod + cat["consequents"][a_rule[coin]]
-        keys = _sorted_unique(np.concatenate((keys[keep], add)))
-        del keep
-
-    # consumables: adopters rebuy their consumable in the first order >= cycle after the last
+    # consumables: adopters rebuy their consumable in the first order >= cycle after the last;
+    # it is put in the basket first and counts towards the order value
+    cons_orders = np.zeros(0, dtype=np.int64)
     adopters = cust["fav_cons"] >= 0
     if adopters.any():
         oc = orders["cust"]
@@ -802,30 +797,134 @@ def _make_baskets(
             due = np.ones(len(idx), dtype=bool) if j == 0 else ts[idx] - last[cj] >= cycle[cj]
             include[idx[due]] = True
             last[cj[due]] = ts[idx[due]]
-        inc = np.flatnonzero(include)
-        keys = _sorted_unique(np.concatenate((keys, inc * n_prod + cust["fav_cons"][oc[inc]])))
+        cons_orders = np.flatnonzero(include)
+        del include, ad_orders, ad_pos
+    cons_prod = cust["fav_cons"][orders["cust"][cons_orders]]
+    cons_qty = _draw_quantity(rng, len(cons_orders))
+
+    # planted affinities A -> B: one coin per order and rule, drawn up front. A candidate A is
+    # judged with the *expected* value of its B (confidence x list price), so whether A gets
+    # into a basket does not depend on the coin; if it does and the coin says yes, B (qty 1)
+    # comes along. Hence P(B in order | A in order) = affinity_confidence exactly.
+    k = params.n_affinities
+    conf = params.affinity_confidence
+    rule_of_a = np.full(n_prod, -1, dtype=np.int64)
+    rule_of_a[cat["antecedents"]] = np.arange(k)
+    rule_of_b = np.full(n_prod, -1, dtype=np.int64)
+    rule_of_b[cat["consequents"]] = np.arange(k)
+    coins = rng.random((n_orders, k)) < conf
+    b_of_a = np.append(cat["consequents"], 0)[rule_of_a]  # -1 -> dummy
+    extra_of_a = np.where(rule_of_a >= 0, conf * list_price[b_of_a], 0.0)
+
+    # fill each basket up to its order value (rounds of one candidate per open order)
+    value = orders["value"]
+    cap = value * (1.0 + _BASKET_TOLERANCE)
+    enough = value * (1.0 - _BASKET_TOLERANCE)
+    spent = np.zeros(n_orders)
+    n_items = np.zeros(n_orders, dtype=np.int64)
+    spent[cons_orders] = list_price[cons_prod] * cons_qty
+    n_items[cons_orders] = 1
+    misses = np.zeros(n_orders, dtype=np.int64)
+    open_ = np.flatnonzero(spent < enough)
+    got_order, got_prod, got_qty = [cons_orders], [cons_prod], [cons_qty]
+    tier1 = cat["tier"] == 1
+    for _ in range(_MAX_ROUNDS):  # rounds over candidates, vectorised over open orders
+        if not len(open_):
+            break
+        m = len(open_)
+        seg = np.where(rng.random(m) < params.category_loyalty, fav[open_], n_cat)
+        prod = by_cat[_draw_segments(rng, cum, seg_start, seg_end, seg)]
+        qty = _draw_quantity(rng, m)
+        force = (n_items[open_] == 0) & (misses[open_] >= _FORCE_AFTER) & tier1[prod]
+        qty[force] = 1
+        line_value = list_price[prod] * qty
+        ok = force | (spent[open_] + line_value + extra_of_a[prod] <= cap[open_])
+        acc = open_[ok]
+        got_order.append(acc)
+        got_prod.append(prod[ok])
+        got_qty.append(qty[ok])
+        spent[acc] += line_value[ok]
+        a_acc = np.flatnonzero(rule_of_a[prod[ok]] >= 0)
+        if len(a_acc):
+            bundled = a_acc[coins[acc[a_acc], rule_of_a[prod[ok][a_acc]]]]
+            b_prod = b_of_a[prod[ok][bundled]]
+            got_order.append(acc[bundled])
+            got_prod.append(b_prod)
+            got_qty.append(np.ones(len(bundled), dtype=np.int64))
+            spent[acc[bundled]] += list_price[b_prod]
+        n_items[acc] += 1
+        misses[acc] = 0
+        misses[open_[~ok]] += 1
+        done = (spent[open_] >= enough[open_]) | ((n_items[open_] > 0) & (misses[open_] >= _MAX_MISSES))
+        open_ = open_[~done]
+    empty = np.flatnonzero(n_items == 0)  # only if _MAX_ROUNDS ran out before _FORCE_AFTER
+    got_order.append(empty)
+    got_prod.append(by_cat[_draw_segments(rng, cum, seg_start, seg_end, np.full(len(empty), n_cat))])
+    got_qty.append(np.ones(len(empty), dtype=np.int64))
+    del spent, n_items, misses, cap, enough, fav
+
+    # the same product drawn twice in an order is one line with the quantities added up
+    raw = np.concatenate(got_order) * n_prod + np.concatenate(got_prod)
+    raw_qty = np.concatenate(got_qty)
+    del got_order, got_prod, got_qty
+    srt = np.argsort(raw, kind="stable")
+    raw, raw_qty = raw[srt], raw_qty[srt]
+    first = np.flatnonzero(np.concatenate(([True], raw[1:] != raw[:-1])))
+    keys = raw[first]
+    line_qty = np.add.reduceat(raw_qty, first) if len(raw) else raw_qty
+    del raw, raw_qty, srt, first
+
+    # a B drawn on its own in an order whose A came without it (coin says no) is taken out
+    if k:
+        o, pr = np.divmod(keys, n_prod)
+        rb = rule_of_b[pr]
+        b_idx = np.flatnonzero(rb >= 0)
+        a_keys = o[b_idx] * n_prod + cat["antecedents"][rb[b_idx]]
+        pos = np.minimum(np.searchsorted(keys, a_keys), len(keys) - 1)
+        with_a = keys[pos] == a_keys
+        drop = b_idx[with_a & ~coins[o[b_idx], rb[b_idx]]]
+        keep = np.ones(len(keys), dtype=bool)
+        keep[drop] = False
+        keys, line_qty = keys[keep], line_qty[keep]
+        del o, pr, rb, keep
+    del coins
 
     line_order, product = np.divmod(keys, n_prod)
     del keys
-    quantity = (1 + _draw(rng, np.array(_QUANTITY_SHARES), len(product))).astype(np.int64)
-    return {"order": line_order, "product": product.astype(np.int32), "quantity": quantity}
+    return {
+        "order": line_order,
+        "product": product.astype(np.int32),
+        "quantity": line_qty.astype(np.int64),
+    }
+
+
+def _draw_quantity(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Line quantities 1..6 with :data:`_QUANTITY_SHARES`."""
+    return 1 + _draw(rng, np.array(_QUANTITY_SHARES), size)
+
+
+
+
+def _draw_order_values(
+    params: SimulationParams, cust: dict[str, Any], orders: dict[str, Any], rng: np.random.Generator
+) -> None:
+    """Order values ``z ~ Gamma(shape=p, rate=nu_i)`` (stored as ``orders["value"]``)."""
+    orders["value"] = rng.gamma(params.p, 1.0 / cust["nu"][orders["cust"]])
 
 
 def _price_lines(
     params: SimulationParams,
     cat: dict[str, Any],
-    cust: dict[str, Any],
     orders: dict[str, Any],
     basket: dict[str, Any],
-    rng: np.random.Generator,
 ) -> np.ndarray:
-    z = rng.gamma(params.p, 1.0 / cust["nu"][orders["cust"]])
+    """Unit prices: list prices rescaled so that each basket is worth its order value."""
     lp = cat["list_price"][basket["product"]]
     list_value = np.bincount(
         basket["order"], weights=lp * basket["quantity"], minlength=orders["n_orders"]
     )
-    z /= list_value
-    lp *= z[basket["order"]]
+    scale = orders["value"] / list_value
+    lp *= scale[basket["order"]]
     return np.maximum(np.round(lp, 2, out=lp), 0.01, out=lp)
 
 
@@ -1033,6 +1132,8 @@ def _insertion_points(
 
 def _labels(prefix: str, numbers: np.ndarray, width: int) -> pa.Array:
     """``prefix`` + zero-padded numbers as an Arrow string array (vectorised)."""
+    if len(numbers) == 0:
+        return pa.array([], type=pa.string())
     digits = np.strings.zfill(numbers.astype(np.int64).astype("U"), width)
     arr = pa.array(np.strings.add(prefix, digits), type=pa.string())
     return arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
