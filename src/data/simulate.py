@@ -33,41 +33,62 @@ Customers (BG/NBD, Fader, Hardie & Lee 2005)
     Only the calendar day of an arrival is kept from the continuous process; the time of day is
     redrawn from a realistic intraday profile (shops only between 9:00 and 20:00), so a
     customer's orders are sorted again by their final timestamps. Day-level summaries (what
-    ``lifetimes`` computes) are unaffected.
+    ``lifetimes`` computes) are unaffected. Note that ``lifetimes``' customer-day summaries
+    merge repeat orders placed on the same day (about 2 % of them with the defaults), so a
+    BG/NBD fit on them over-estimates ``alpha`` by about 6 %; counting orders recovers the
+    parameters without bias.
 
 Order value (Gamma-Gamma, Fader, Hardie & Lee 2005)
     ``nu_i ~ Gamma(shape=q, rate=gamma)``; every order of customer ``i`` has value
-    ``z ~ Gamma(shape=p, rate=nu_i)``. The basket is drawn independently of ``z`` and its unit
-    prices are the list prices rescaled so that the basket sums to ``z``:
+    ``z ~ Gamma(shape=p, rate=nu_i)``, drawn before its basket. Once the basket is built, its
+    unit prices are the list prices rescaled so that it sums to ``z``:
     ``unit_price = round(list_price * z / sum(list_price * quantity), 2)`` (at least 0.01). The
-    realised order value therefore follows the Gamma-Gamma model up to cent rounding, and the
-    relative prices within a basket (hence price tiers) are preserved.
+    realised order value therefore follows the Gamma-Gamma model exactly up to cent rounding,
+    and relative prices within a basket (hence price tiers) are preserved. Because the basket is
+    filled to match ``z`` (below), the rescaling factor is close to 1 (5-95 % range about
+    0.87-1.18 with the defaults): a product's unit price stays near its list price, as in real
+    shops, instead of absorbing the whole order-value noise.
 
 Baskets
-    An order first draws ``1 + Poisson(extra_items_mean)`` products; each draw comes with
-    probability ``category_loyalty`` from the customer's favourite category and otherwise from
-    the whole catalogue, always with Zipf-like popularity (weight ``1 / rank**zipf_exponent``).
-    Duplicate draws within an order are merged away (an order holds distinct products).
+    A basket is filled like a shopper with a budget ``z``, in rounds vectorised over the open
+    orders (never a loop over orders): each round draws one candidate line per open order -- a
+    product, with probability ``category_loyalty`` from the customer's favourite category and
+    otherwise from the whole catalogue, always by Zipf-like popularity (weight
+    ``1 / rank**zipf_exponent``), and a quantity (1: 72 %, 2: 14 %, 3: 6 %, 4: 4 %, 5 or 6: 2 %
+    each). The candidate is accepted if the basket's list value stays within ``1.15 z``; the
+    order closes once it reaches ``0.85 z``, after 3 rejected candidates in a row, or after 60
+    rounds. An empty basket accepts a tier 1 candidate (quantity 1) after 6 rejections, so small
+    budgets buy cheap products. A product drawn twice in an order becomes one line with the
+    quantities added. Expensive products thus land in high-value orders (up-sell), and the basket
+    size follows the order value; ``price_level`` sets the mean basket size (about 2.5 lines).
 
-    Planted affinities ``A -> B``: the ``n_affinities`` most popular products are the
-    antecedents; each consequent is a random product outside the ``2 * n_affinities`` most
-    popular ones (and no product takes part in two rules). In an order that contains ``A``,
-    ``B`` is present with probability exactly ``affinity_confidence`` (it is added, or removed
-    if it had been drawn independently, according to one coin per order and rule), so the
-    planted confidence ``P(B in order | A in order)`` is the true one. Orders without ``A`` keep
-    ``B`` only at its (small) popularity base rate.
+    Planted affinities ``A -> B``: the antecedents are the ``n_affinities`` cheapest products
+    among popularity ranks ``2 .. 3 * n_affinities + 1`` (popular but not the top seller, so
+    lift stays high, and cheap enough to fit most budgets); each consequent is a random product
+    outside those ranks (tier 1 or 2 while there are enough), and no product takes part in two
+    rules. Each order has one coin per rule, drawn up
+    front with ``P(yes) = affinity_confidence``. A candidate ``A`` is judged against the budget
+    with the *expected* value of its ``B`` (confidence x list price), so whether ``A`` enters a
+    basket does not depend on the coin; if it enters and the coin says yes, ``B`` (quantity 1)
+    comes along. A ``B`` drawn on its own in an order whose ``A`` came without it is taken out.
+    So ``P(B in order | A in order)`` equals ``affinity_confidence`` exactly (in expectation);
+    orders without ``A`` hold ``B`` only at its small popularity base rate.
 
-    Consumables: ``round(consumable_share * n_products)`` products (never rule products) have a
-    repurchase cycle ``cycle_days`` (14..90). A share ``consumable_adoption`` of customers adopt
-    one favourite consumable (chosen by popularity): it is in their first order and then again
-    in the first order placed at least ``tolerance * cycle_days`` after their previous purchase
-    of it, ``tolerance ~ U(0.75, 1)`` per customer. This is a loop over order rank (a customer's
-    1st, 2nd, ... order) vectorised over customers, never over single customers or orders.
+    Consumables: ``round(consumable_share * n_products)`` products, the cheap ones first (tier 1
+    before tier 2; never rule products), have a repurchase cycle ``cycle_days`` (14..90). A
+    share ``consumable_adoption`` of customers adopt one favourite consumable (chosen by
+    popularity): it is put first into their first order and then into the first order placed
+    at least ``tolerance * cycle_days`` after their previous purchase of it,
+    ``tolerance ~ U(0.75, 1)`` per customer; it counts towards the order's budget, and adopters
+    never pick it up otherwise (other customers may buy it like any product). This is a
+    loop over order rank (a customer's 1st, 2nd, ... order) vectorised over customers, never a
+    loop over single customers or orders.
 
-    Quantities are 1 (72 %), 2 (14 %), 3 (6 %), 4 (4 %), 5 (2 %) or 6 (2 %). The catalogue has
-    ``n_categories`` categories; within each, products fall in price tiers 1/2/3 (50/30/20 %,
-    each tier present in every category) with tier 3 about 3-5x and tier 2 about 1.7-2.2x the
-    tier 1 price level, and lognormal list prices within a tier.
+    The catalogue has ``n_categories`` categories; within each, products fall in price tiers
+    1/2/3 (50/30/20 %, every tier present in every category) with tier 3 about 3-5x and tier 2
+    about 1.7-2.2x the category's tier 1 level, category levels lognormal (sigma 0.45) and list
+    prices lognormal (sigma 0.2) within a tier, all rescaled so that the popularity-weighted
+    harmonic mean list price is ``price_level``.
 
 Dirty rows
     On top of the clean lines, five kinds of dirty rows are planted, each an exact count
@@ -148,10 +169,11 @@ LINE_COLUMNS: tuple[str, ...] = (
     "channel",
 )
 #: Mean number of rows of ``lines`` (dirty rows included) per customer with the default
-#: parameters, measured over 10 seeds x 200 000 customers (mean 15.73, range 15.60-15.88 per
-#: seed; at 5 000 customers the per-seed standard deviation is about 2 %, from the heavy tail
-#: of very frequent, long-lived buyers). About 6.4 orders per customer x 2.5 lines per order.
-LINES_PER_CUSTOMER = 15.73
+#: parameters, measured over 10 seeds x 200 000 customers (mean 15.86, range 15.24-16.31 per
+#: seed: the catalogue's price structure and the heavy tail of very frequent, long-lived
+#: buyers; at 5 000 customers the per-seed standard deviation is about 3.5 %). About 6.4
+#: orders per customer x 2.5 lines per order.
+LINES_PER_CUSTOMER = 15.86
 
 _NS_PER_SECOND = 1_000_000_000
 _NS_PER_DAY = 86_400 * _NS_PER_SECOND
@@ -182,7 +204,9 @@ _HOURLY_ONLINE = np.array(
     [1.0, 0.6, 0.35, 0.25, 0.2, 0.3, 0.7, 1.5, 2.5, 3.3, 3.8, 4.0]
     + [4.3, 4.2, 4.0, 3.8, 3.7, 3.9, 4.3, 4.8, 5.0, 4.5, 3.2, 1.9]
 )
-_HOURLY_STORE = np.array([0.0] * 9 + [1.5, 2.5, 3.0, 3.5, 3.5, 3.0, 3.0, 3.2, 3.5, 3.0, 2.0] + [0.0] * 4)
+_HOURLY_STORE = np.array(
+    [0.0] * 9 + [1.5, 2.5, 3.0, 3.5, 3.5, 3.0, 3.0, 3.2, 3.5, 3.0, 2.0] + [0.0] * 4
+)
 # Basket filling: accept a candidate line while the basket's list value stays within
 # (1 + tolerance) x the order value; stop at (1 - tolerance) x value, after _MAX_MISSES
 # candidates in a row that do not fit, or after _MAX_ROUNDS candidates. An empty basket takes
@@ -231,9 +255,9 @@ class SimulationParams:
         Total share (relative to the clean lines) of planted dirty rows, split evenly over the
         five kinds.
     price_level
-        Median list price of a category's tier 1 products (category levels are lognormal around
-        it). As order values are fixed by the Gamma-Gamma model, it sets the basket size: the
-        default gives about 2.5 lines per order.
+        Popularity-weighted harmonic mean list price of the catalogue (list prices are rescaled
+        to it). As order values are fixed by the Gamma-Gamma model, it sets the basket size:
+        the default gives about 2.5 lines per order.
     category_loyalty
         Probability that a drawn product comes from the customer's favourite category.
     zipf_exponent
@@ -262,7 +286,7 @@ class SimulationParams:
     affinity_confidence: float = 0.6
     consumable_share: float = 0.1
     dirty_fraction: float = 0.01
-    price_level: float = 6.0
+    price_level: float = 8.75
     category_loyalty: float = 0.5
     zipf_exponent: float = 1.0
     consumable_adoption: float = 0.3
@@ -319,10 +343,10 @@ class SimulationParams:
                 f"({3 * self.n_categories}): every category has products in 3 price tiers"
             )
         n_consumables = self.n_consumables
-        if self.n_products < 4 * self.n_affinities + n_consumables:
+        if self.n_products < 5 * self.n_affinities + n_consumables:
             raise ConfigError(
-                f"n_products ({self.n_products}) must be >= 4 * n_affinities + the number of "
-                f"consumables ({4 * self.n_affinities} + {n_consumables}); lower n_affinities "
+                f"n_products ({self.n_products}) must be >= 5 * n_affinities + the number of "
+                f"consumables ({5 * self.n_affinities} + {n_consumables}); lower n_affinities "
                 "or consumable_share"
             )
 
@@ -426,7 +450,9 @@ class SimulationTruth:
             "n_orders_calibration": int(c["n_orders_calibration"].sum()),
             "n_orders_holdout": int(c["n_orders_holdout"].sum()),
             "n_products": int(len(self.products)),
-            "consumables": [str(x) for x in self.products.loc[self.products["is_consumable"], "product_id"]],
+            "consumables": [
+                str(x) for x in self.products.loc[self.products["is_consumable"], "product_id"]
+            ],
             "rules": [
                 {
                     "antecedent": str(r.antecedent),
@@ -458,8 +484,9 @@ class SimulationResult:
 def customers_for_lines(n_lines: int) -> int:
     """Number of customers that gives about ``n_lines`` rows of ``lines`` with default params.
 
-    Uses the empirical :data:`LINES_PER_CUSTOMER` (15.73 rows per customer, dirty rows
-    included, measured over 10 seeds at 200 000 customers). Small data sets vary more because a few
+    Uses the empirical :data:`LINES_PER_CUSTOMER` (15.86 rows per customer, dirty rows
+    included, measured over 10 seeds at 200 000 customers; single seeds lie within about 4 %
+    at that size and within about 10 % at 5 000 customers). Small data sets vary more because a few
     customers buy very often.
 
     Parameters
@@ -516,14 +543,16 @@ def simulate_transactions(
     elif not isinstance(params, SimulationParams):
         raise ConfigError(f"params must be a SimulationParams, got {type(params).__name__}")
     seqs = np.random.SeedSequence(params.seed).spawn(len(_STAGES))
-    rngs = {name: np.random.Generator(np.random.PCG64(s)) for name, s in zip(_STAGES, seqs, strict=True)}
+    rngs = {
+        name: np.random.Generator(np.random.PCG64(s)) for name, s in zip(_STAGES, seqs, strict=True)
+    }
 
     cat = _make_catalogue(params, rngs["catalogue"])
     cust = _make_customers(params, cat, rngs["customers"])
     orders = _make_orders(params, cust, rngs["times"])
     _draw_order_values(params, cust, orders, rngs["prices"])
     basket = _make_baskets(params, cat, cust, orders, rngs["baskets"])
-    line_price = _price_lines(params, cat, orders, basket)
+    line_price = _price_lines(cat, orders, basket)
     return _assemble(params, cat, cust, orders, basket, line_price, rngs["dirty"])
 
 
@@ -549,14 +578,20 @@ def _make_catalogue(params: SimulationParams, rng: np.random.Generator) -> dict[
     pop_rank = rng.permutation(n)  # 0 = most popular
     weight = 1.0 / (pop_rank + 1.0) ** params.zipf_exponent
     weight /= weight.sum()
-    # popularity-weighted mean list price = price_level (stable basket sizes across seeds)
-    list_price *= params.price_level / np.dot(weight, list_price)
+    # popularity-weighted harmonic mean list price = price_level (the harmonic mean is what
+    # sets how many lines a budget buys, so basket sizes vary little between seeds)
+    list_price *= params.price_level * np.dot(weight, 1.0 / list_price)
     list_price = np.maximum(np.round(list_price, 2), 0.01)
     by_pop = np.argsort(pop_rank)  # product indices, most popular first
 
     k = params.n_affinities
-    antecedents = by_pop[k : 2 * k]  # popular, but not the very top sellers
-    consequents = rng.choice(by_pop[3 * k :], size=k, replace=False)
+    # antecedents: the k cheapest of the popular products (ranks 1..3k; the top seller is left
+    # out to keep lift high), so budgets let them into baskets often; consequents: random
+    # products outside that range, tiers 1-2 first so the bundles stay affordable
+    popular = by_pop[1 : 3 * k + 1]
+    antecedents = popular[np.lexsort((rng.random(len(popular)), list_price[popular]))[:k]]
+    rest = by_pop[3 * k + 1 :]
+    consequents = rest[np.lexsort((rng.random(len(rest)), tier[rest] == 3))[:k]]
     in_rule = np.zeros(n, dtype=bool)
     in_rule[antecedents] = True
     in_rule[consequents] = True
@@ -570,7 +605,10 @@ def _make_catalogue(params: SimulationParams, rng: np.random.Generator) -> dict[
     cycle_days[is_consumable] = rng.integers(14, 91, size=n_cons).astype(float)
 
     cat_names = np.array(
-        [_CATEGORY_NAMES[i] if i < len(_CATEGORY_NAMES) else f"Category {i + 1:02d}" for i in range(n_cat)],
+        [
+            _CATEGORY_NAMES[i] if i < len(_CATEGORY_NAMES) else f"Category {i + 1:02d}"
+            for i in range(n_cat)
+        ],
         dtype=object,
     )
     width = max(4, len(str(n)))
@@ -645,17 +683,6 @@ def _make_customers(
         "fav_cons": fav_cons,
         "cycle_ns": cycle_ns,
     }
-
-
-def _sorted_unique(a: np.ndarray) -> np.ndarray:
-    """Sorted distinct values of an integer array (radix sort; faster than ``np.unique``)."""
-    a = np.sort(a, kind="stable")
-    if len(a) == 0:
-        return a
-    keep = np.empty(len(a), dtype=bool)
-    keep[0] = True
-    np.not_equal(a[1:], a[:-1], out=keep[1:])
-    return a[keep]
 
 
 def _draw_segments(
@@ -827,6 +854,7 @@ def _make_baskets(
     misses = np.zeros(n_orders, dtype=np.int64)
     open_ = np.flatnonzero(spent < enough)
     got_order, got_prod, got_qty = [cons_orders], [cons_prod], [cons_qty]
+    own_cons = cust["fav_cons"][orders["cust"]]  # -1 for non-adopters
     tier1 = cat["tier"] == 1
     for _ in range(_MAX_ROUNDS):  # rounds over candidates, vectorised over open orders
         if not len(open_):
@@ -839,6 +867,7 @@ def _make_baskets(
         qty[force] = 1
         line_value = list_price[prod] * qty
         ok = force | (spent[open_] + line_value + extra_of_a[prod] <= cap[open_])
+        ok &= prod != own_cons[open_]  # adopters buy their consumable only on its cycle
         acc = open_[ok]
         got_order.append(acc)
         got_prod.append(prod[ok])
@@ -855,13 +884,17 @@ def _make_baskets(
         n_items[acc] += 1
         misses[acc] = 0
         misses[open_[~ok]] += 1
-        done = (spent[open_] >= enough[open_]) | ((n_items[open_] > 0) & (misses[open_] >= _MAX_MISSES))
+        done = (spent[open_] >= enough[open_]) | (
+            (n_items[open_] > 0) & (misses[open_] >= _MAX_MISSES)
+        )
         open_ = open_[~done]
     empty = np.flatnonzero(n_items == 0)  # only if _MAX_ROUNDS ran out before _FORCE_AFTER
     got_order.append(empty)
-    got_prod.append(by_cat[_draw_segments(rng, cum, seg_start, seg_end, np.full(len(empty), n_cat))])
+    got_prod.append(
+        by_cat[_draw_segments(rng, cum, seg_start, seg_end, np.full(len(empty), n_cat))]
+    )
     got_qty.append(np.ones(len(empty), dtype=np.int64))
-    del spent, n_items, misses, cap, enough, fav
+    del spent, n_items, misses, cap, enough, fav, own_cons
 
     # the same product drawn twice in an order is one line with the quantities added up
     raw = np.concatenate(got_order) * n_prod + np.concatenate(got_prod)
@@ -903,8 +936,6 @@ def _draw_quantity(rng: np.random.Generator, size: int) -> np.ndarray:
     return 1 + _draw(rng, np.array(_QUANTITY_SHARES), size)
 
 
-
-
 def _draw_order_values(
     params: SimulationParams, cust: dict[str, Any], orders: dict[str, Any], rng: np.random.Generator
 ) -> None:
@@ -913,7 +944,6 @@ def _draw_order_values(
 
 
 def _price_lines(
-    params: SimulationParams,
     cat: dict[str, Any],
     orders: dict[str, Any],
     basket: dict[str, Any],
@@ -1009,7 +1039,7 @@ def _assemble(
             "cust": np.full(k, -1, dtype=np.int64),
             "ts": g_ts[g_line_order],
             "prod": g_product,
-            "qty": 1 + _draw(rng, np.array(_QUANTITY_SHARES), k),
+            "qty": _draw_quantity(rng, k),
             "price": cat["list_price"][g_product],
             "country": g_country[g_line_order],
             "channel": g_channel[g_line_order],
@@ -1098,7 +1128,9 @@ def _assemble(
             {
                 "antecedent": _take(cat["product_ids"], cat["antecedents"]),
                 "consequent": _take(cat["product_ids"], cat["consequents"]),
-                "planted_confidence": np.full(params.n_affinities, float(params.affinity_confidence)),
+                "planted_confidence": np.full(
+                    params.n_affinities, float(params.affinity_confidence)
+                ),
             }
         ),
         dirty=dirty,
@@ -1162,7 +1194,6 @@ def _materialise(
     the order number, negated for cancellation rows.
     """
     n_cust = params.n_customers
-    n_prod = params.n_products
     cust_labels = _labels("C", np.arange(1, n_cust + 1), max(6, len(str(n_cust))))
     order_width = max(7, len(str(n_all_orders)))
     cancelled = np.unique(cancel_nums)
@@ -1192,7 +1223,6 @@ def _materialise(
     out["unit_price"] = pd.Series(columns["price"]().astype(np.float64, copy=False), copy=False)
     out["country"] = _take(list(_COUNTRIES), columns["country"]())
     out["channel"] = _take(list(_CHANNELS), columns["channel"]())
-    assert n_prod == len(cat["product_ids"])
     return pd.DataFrame({c: out.pop(c) for c in LINE_COLUMNS}, copy=False)
 
 
@@ -1206,7 +1236,9 @@ def _truth_customers(
     alive = ~cust["died"] | (last_ts >= cutoff_excl)
     return pd.DataFrame(
         {
-            "customer_id": _take(_labels("C", np.arange(1, n + 1), max(6, len(str(n)))), np.arange(n)),
+            "customer_id": _take(
+                _labels("C", np.arange(1, n + 1), max(6, len(str(n)))), np.arange(n)
+            ),
             "first_purchase_ts": pd.Series(stats["first_ts"].view("datetime64[ns]")),
             "lam": cust["lam"],
             "p_drop": cust["p_drop"],
