@@ -63,7 +63,7 @@ def _main(
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output directory (created).")]
 ConfigOpt = Annotated[
     Optional[Path],  # noqa: UP045
-    typer.Option("--config", "-c", help="Pipeline YAML (see pipelines/validate.yaml)."),
+    typer.Option("--config", "-c", help="Pipeline YAML (see pipelines/crmkit.yaml)."),
 ]
 
 
@@ -90,9 +90,9 @@ def simulate(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     fmt: Annotated[str, typer.Option("--format", help="parquet or csv.")] = "parquet",
 ) -> None:
-    """Generate order lines from a known process (BG/NBD purchasing, Gamma-Gamma spend,
-    planted product affinities, dirty rows) and write them with the ground truth.
+    """Generate order lines from a known process, with the ground truth.
 
+    BG/NBD purchasing, Gamma-Gamma spend, planted product affinities, dirty rows.
     Writes OUT/lines.parquet (or lines.csv), OUT/truth.json, OUT/truth_customers.parquet,
     OUT/truth_products.parquet and OUT/truth_rules.parquet.
     """
@@ -164,9 +164,9 @@ def validate(
         Optional[str], typer.Option(help="drop (default) or net: returns reduce spend.")  # noqa: UP045
     ] = None,
 ) -> None:
-    """Check a transaction file against the data contract, clean it, and write
-    OUT/lines.parquet (canonical columns) and OUT/quality_report.json.
+    """Check a transaction file against the data contract and clean it.
 
+    Writes OUT/lines.parquet (canonical columns) and OUT/quality_report.json.
     Prints the data-quality report. On any error OUT receives no output.
     """
     from crmkit.pipelines.config import load_config
@@ -194,28 +194,90 @@ def validate(
 
 
 @app.command()
+def features(
+    data: Annotated[Path, typer.Argument(help="Transaction file (raw or validated lines).")],
+    out: OutOpt,
+    as_of: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Analysis date (default: the last day with data)."),
+    ] = None,
+    unit: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Time unit of recency/T: D, W (days/7) or M (days/30.4375)."),
+    ] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Customer features at an analysis date: RFM summary, scores, segment, behaviour.
+
+    Loads and cleans DATA (as `validate` does), then writes OUT/customers.parquet (one row
+    per customer), OUT/kpis.json (retention KPIs and the segment table), OUT/cohorts.parquet,
+    OUT/segments.csv and the plots cohort_heatmap.png and segment_sizes.png. Prints the
+    segment table.
+    """
+    from crmkit.pipelines.config import load_config
+    from crmkit.pipelines.features import render_segments, run_features
+    from crmkit.pipelines.validate import load_and_clean
+
+    cfg = load_config(config, overrides={"features": {"unit": unit}})
+    t0 = time.perf_counter()
+    _info(f"[1/2] loading and cleaning {data}")
+    cleaned = load_and_clean(data, cfg)
+    _info(f"      {len(cleaned.lines):,} clean order lines")
+    _info("[2/2] computing customer features")
+    res = run_features(
+        cleaned.lines,
+        out,
+        cfg.features,
+        as_of,
+        cancellation_prefixes=tuple(cfg.cleaning.cancellation_prefixes),
+    )
+    typer.echo(f"Segments at {res.as_of.date()} ({len(res.customers):,} customers):")
+    typer.echo(render_segments(res.segments))
+    _info(
+        f"wrote {out}/customers.parquet, kpis.json, cohorts.parquet and plots "
+        f"in {time.perf_counter() - t0:.1f} s"
+    )
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path("out/demo"),
     customers: Annotated[int, typer.Option(help="Customers in the sample.")] = 5000,
     seed: Annotated[int, typer.Option(help="Random seed of the sample.")] = 0,
 ) -> None:
-    """The main job end to end on the embedded sample data: generate the sample (seeded
-    simulator, CSV as a shop would export it), then validate and clean it."""
+    """The main job end to end on the embedded sample data.
+
+    Generates the sample (seeded simulator, CSV as a shop would export it), validates and
+    cleans it, and computes customer features and segments at the sample's cutoff.
+    """
     from crmkit.data.io import staged_output, write_parquet
     from crmkit.data.simulate import simulate_transactions
     from crmkit.pipelines.config import load_config
+    from crmkit.pipelines.features import render_segments, run_features
     from crmkit.pipelines.validate import run_validate
 
     t0 = time.perf_counter()
-    _info(f"[1/2] generating the sample: {customers:,} customers, seed {seed}")
-    res = simulate_transactions(n_customers=customers, seed=seed)
+    _info(f"[1/3] generating the sample: {customers:,} customers, seed {seed}")
+    # A shop that keeps acquiring customers until shortly before the analysis date.
+    res = simulate_transactions(n_customers=customers, seed=seed, acquisition_weeks=75)
     sample = _write_simulation(res, out / "sample", "csv", staged_output, write_parquet)
     _info(f"      {len(res.lines):,} order lines -> {sample}")
-    _info("[2/2] validating and cleaning")
-    cfg_path = Path("pipelines/validate.yaml")
+    _info("[2/3] validating and cleaning")
+    cfg_path = Path("pipelines/crmkit.yaml")
     cfg = load_config(cfg_path if cfg_path.is_file() else None)
     result = run_validate(sample, out / "validated", cfg)
     typer.echo(result.report.render())
+    as_of = res.truth.params.cutoff
+    _info(f"[3/3] customer features at {as_of}")
+    feats = run_features(
+        result.lines,
+        out / "features",
+        cfg.features,
+        as_of,
+        cancellation_prefixes=tuple(cfg.cleaning.cancellation_prefixes),
+    )
+    typer.echo(f"\nSegments at {feats.as_of.date()} ({len(feats.customers):,} customers):")
+    typer.echo(render_segments(feats.segments))
     _info(f"done in {time.perf_counter() - t0:.1f} s; outputs in {out}/")
 
 

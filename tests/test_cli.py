@@ -32,7 +32,7 @@ def _crmkit(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 
 
 def test_help_everywhere():
-    for args in ([], ["simulate"], ["validate"], ["demo"]):
+    for args in ([], ["simulate"], ["validate"], ["features"], ["demo"]):
         res = runner.invoke(app, [*args, "--help"])
         assert res.exit_code == 0, res.output
         assert "Usage" in res.output
@@ -122,7 +122,7 @@ def test_repo_config_file_is_valid():
     from crmkit.pipelines.config import load_config
 
     root = Path(__file__).resolve().parents[1]
-    cfg = load_config(root / "pipelines" / "validate.yaml")
+    cfg = load_config(root / "pipelines" / "crmkit.yaml")
     assert cfg.cleaning.returns == "drop"
     assert "POST" in cfg.cleaning.non_product_codes
 
@@ -143,4 +143,44 @@ def test_demo_runs_end_to_end(tmp_path):
     res = _crmkit("demo", "--out", str(tmp_path / "demo"), "--customers", "1000")
     assert res.returncode == 0, res.stderr
     assert "Data-quality report" in res.stdout
+    assert "Segments at 2023-06-30 (1,000 customers)" in res.stdout
+    assert "champions" in res.stdout
     assert (tmp_path / "demo" / "validated" / "lines.parquet").exists()
+    assert (tmp_path / "demo" / "features" / "customers.parquet").exists()
+
+
+def test_features_command(tmp_path):
+    from crmkit.data.simulate import simulate_transactions
+
+    src = tmp_path / "lines.parquet"
+    simulate_transactions(n_customers=400, seed=2).lines.to_parquet(src)
+    out = tmp_path / "feat"
+    res = runner.invoke(
+        app, ["features", str(src), "--as-of", "2023-03-31", "--unit", "W", "--out", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    assert "Segments at 2023-03-31 (400 customers)" in res.output
+    cust = pd.read_parquet(out / "customers.parquet")
+    assert len(cust) == 400 and cust["customer_id"].is_unique
+    for col in [
+        "customer_id",
+        "frequency",
+        "recency",
+        "T",
+        "monetary_value",
+        "r_score",
+        "f_score",
+        "m_score",
+        "segment",
+        "recency_days",
+        "spend_90d",
+        "gap_mean_days",
+    ]:
+        assert col in cust.columns, col
+    assert cust["T"].max() <= (pd.Timestamp("2023-03-31") - pd.Timestamp("2022-01-01")).days / 7
+    kpis = json.loads((out / "kpis.json").read_text())
+    assert kpis["unit"] == "W" and kpis["retention"]["customers"] == 400
+    assert sum(s["customers"] for s in kpis["segments"]) == 400
+    assert (out / "cohort_heatmap.png").stat().st_size > 10_000
+    cohorts = pd.read_parquet(out / "cohorts.parquet")
+    assert "cohort_size" in cohorts.columns

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from crmkit.data.clean import CleaningConfig
 from crmkit.errors import ConfigError
+from crmkit.pipelines.features import FeaturesConfig
 
 __all__ = ["DataConfig", "PipelineConfig", "load_config"]
 
@@ -39,6 +40,7 @@ class PipelineConfig(BaseModel):
 
     data: DataConfig = DataConfig()
     cleaning: CleaningConfig = CleaningConfig()
+    features: FeaturesConfig = FeaturesConfig()
 
 
 def _format_errors(exc: ValidationError, source: str) -> str:
