@@ -11,8 +11,9 @@ A *transaction* is a customer-period: all purchases of one customer within one d
 Ages are measured in days and expressed in ``unit``: ``"D"`` days, ``"W"`` 7-day weeks
 (days / 7, fractional, as in Fader, Hardie and Lee 2005), ``"M"`` average months
 (days / 30.4375). This is exactly ``lifetimes.utils.summary_data_from_transaction_data`` with
-``freq="D"`` and ``freq_multiplier`` 1, 7 or 30.4375, computed with sort-based numpy
-reductions instead of pandas groupbys (see ``benchmarks/bench_rfm.py``).
+``freq="D"`` and ``freq_multiplier`` 1, 7 or 30.4375, computed with one sort of integer
+(customer, day) keys and ``np.bincount`` reductions instead of pandas groupbys
+(``benchmarks/bench_rfm.py``).
 
 Always index columns by name: ``summary["T"]``, never ``summary.T`` (the transpose).
 """
@@ -29,10 +30,10 @@ from crmkit.errors import DataContractError
 
 __all__ = [
     "UNIT_DAYS",
-    "customer_days",
+    "purchase_days",
     "rfm_summary",
     "calibration_holdout_summary",
-    "CustomerDays",
+    "PurchaseDays",
 ]
 
 #: Days per time unit.
@@ -59,57 +60,74 @@ def _require(lines: pd.DataFrame, columns: tuple[str, ...]) -> None:
         )
 
 
+_DAY_NS = 86_400 * 10**9
+
+
 @dataclass(frozen=True)
-class CustomerDays:
-    """Purchases merged to customer-days, sorted by customer then day.
+class PurchaseDays:
+    """Order lines reduced to purchase days (customer-days with a purchase line).
 
     Attributes
     ----------
     customers
-        Customer ids, one per customer code (sorted ascending).
-    code, day, value
-        Per customer-day: customer code, day number (days since 1970-01-01) and summed value.
+        Customer ids, ascending; customer code ``k`` is ``customers[k]``.
+    line_code, line_day, line_value
+        Per order line: customer code, day number (days since 1970-01-01) and value.
+    line_on_purchase_day
+        Per order line: whether its customer-day is a purchase day (always true for purchase
+        lines; a return line counts on a day its customer also bought something).
+    day_code, day
+        Per purchase day, sorted by customer then day: customer code and day number.
     """
 
     customers: pd.Index
-    code: np.ndarray
+    line_code: np.ndarray
+    line_day: np.ndarray
+    line_value: np.ndarray
+    line_on_purchase_day: np.ndarray
+    day_code: np.ndarray
     day: np.ndarray
-    value: np.ndarray
 
-    @property
-    def first_day(self) -> np.ndarray:
-        """First purchase day per customer code."""
-        first = np.ones(len(self.code), dtype=bool)
-        first[1:] = self.code[1:] != self.code[:-1]
-        out = np.empty(len(self.customers), dtype=np.int64)
-        out[self.code[first]] = self.day[first]
-        return out
+    def days_per_customer(self) -> np.ndarray:
+        """Number of purchase days per customer code."""
+        return np.bincount(self.day_code, minlength=len(self.customers))
 
-    @property
-    def is_first(self) -> np.ndarray:
-        """Whether each customer-day is that customer's first."""
-        first = np.ones(len(self.code), dtype=bool)
-        first[1:] = self.code[1:] != self.code[:-1]
-        return first
+    def first_and_last_day(self) -> tuple[np.ndarray, np.ndarray]:
+        """First and last purchase day per customer code (0 where a customer has none)."""
+        n = len(self.customers)
+        start = np.ones(len(self.day_code), dtype=bool)
+        start[1:] = self.day_code[1:] != self.day_code[:-1]
+        end = np.ones(len(self.day_code), dtype=bool)
+        end[:-1] = start[1:]
+        first = np.zeros(n, dtype=np.int64)
+        last = np.zeros(n, dtype=np.int64)
+        first[self.day_code[start]] = self.day[start]
+        last[self.day_code[end]] = self.day[end]
+        return first, last
 
 
-def customer_days(
+def purchase_days(
     lines: pd.DataFrame,
     *,
     value_col: str | None = "amount",
     purchases_only: bool = True,
-) -> CustomerDays:
-    """Merge order lines into customer-days (sorted by customer id, then day).
+    start: pd.Timestamp | None = None,
+    end: pd.Timestamp | None = None,
+) -> PurchaseDays:
+    """Reduce order lines to purchase days with sort-based numpy operations.
 
     Parameters
     ----------
     lines
         Order lines with ``customer_id``, ``order_ts`` and ``value_col``.
     value_col
-        Column summed per customer-day; ``None`` for no values (zeros).
+        Line value column; ``None`` for no values (zeros).
     purchases_only
-        Ignore lines with a negative quantity (returns kept by ``returns: net``) when deciding
-        which days are purchase days; their values still count on days that are.
+        Days whose only lines have a negative quantity (returns kept by ``returns: net``) are
+        not purchase days; their lines carry no weight. With ``False`` every line's day counts.
+    start, end
+        Only lines with ``start <= order_ts < end`` count (selected on numpy arrays, without
+        copying the frame). Customers with no line in the range have no purchase days.
     """
     _require(lines, ("customer_id", "order_ts") + ((value_col,) if value_col else ()))
     if lines["customer_id"].isna().any():
@@ -119,66 +137,76 @@ def customer_days(
             rule="missing_customer_id",
         )
     codes, uniques = pd.factorize(lines["customer_id"], sort=True)
-    days = (
-        lines["order_ts"].to_numpy(dtype="datetime64[ns]").astype("datetime64[D]").astype(np.int64)
-    )
+    ns = lines["order_ts"].to_numpy(dtype="datetime64[ns]").view(np.int64)
+    in_range = None
+    if start is not None:
+        in_range = ns >= pd.Timestamp(start).value
+    if end is not None:
+        below = ns < pd.Timestamp(end).value
+        in_range = below if in_range is None else in_range & below
     vals = (
         lines[value_col].to_numpy(dtype=np.float64)
         if value_col
         else np.zeros(len(lines), dtype=np.float64)
     )
-    purchase = np.ones(len(lines), dtype=bool)
     if purchases_only and "quantity" in lines.columns:
         purchase = lines["quantity"].to_numpy(dtype=np.float64) > 0
-    # One int64 key per (customer, day): days fit in 2**20 offsets from the minimum.
+    else:
+        purchase = np.ones(len(lines), dtype=bool)
+    codes = codes.astype(np.int64, copy=False)
+    if in_range is not None and not in_range.all():
+        codes, ns, vals, purchase = (
+            codes[in_range],
+            ns[in_range],
+            vals[in_range],
+            purchase[in_range],
+        )
+    days = ns // _DAY_NS
     d0 = int(days.min()) if len(days) else 0
     span = int(days.max()) - d0 + 1 if len(days) else 1
-    key = codes.astype(np.int64) * span + (days - d0)
-    order = np.argsort(key, kind="stable")
-    key_s = key[order]
-    start = np.ones(len(key_s), dtype=bool)
-    start[1:] = key_s[1:] != key_s[:-1]
-    group = np.cumsum(start) - 1
-    # Values summed per customer-day in line order. lifetimes sums in (timestamp, value) order
-    # with compensated summation, so monetary values agree to ~1e-14 relative, not to the bit.
-    summed = np.bincount(group, weights=vals[order], minlength=int(start.sum()))
-    has_purchase = np.bincount(group, weights=purchase[order], minlength=int(start.sum())) > 0
-    ukey = key_s[start][has_purchase]
-    return CustomerDays(
+    key = codes * span + (days - d0)
+    pkeys = np.sort(key[purchase])
+    keep = np.ones(len(pkeys), dtype=bool)
+    keep[1:] = pkeys[1:] != pkeys[:-1]
+    ukey = pkeys[keep]
+    on_day = purchase.copy()
+    returns = ~purchase
+    if returns.any():
+        rk = key[returns]
+        pos = np.minimum(np.searchsorted(ukey, rk), max(len(ukey) - 1, 0))
+        on_day[returns] = ukey[pos] == rk if len(ukey) else False
+    return PurchaseDays(
         customers=pd.Index(uniques, name="customer_id"),
-        code=(ukey // span).astype(np.int64),
-        day=(ukey % span + d0).astype(np.int64),
-        value=summed[has_purchase],
+        line_code=codes,
+        line_day=days,
+        line_value=vals,
+        line_on_purchase_day=on_day,
+        day_code=ukey // span,
+        day=ukey % span + d0,
     )
 
 
 def _summary_from_days(
-    cd: CustomerDays, end_day: int, unit_days: float, with_monetary: bool
+    pd_: PurchaseDays, end_day: int, unit_days: float, with_monetary: bool
 ) -> pd.DataFrame:
-    n = len(cd.customers)
-    is_first = cd.is_first
-    counts = np.bincount(cd.code, minlength=n)
+    counts = pd_.days_per_customer()
     present = counts > 0
-    first_day = np.zeros(n, dtype=np.int64)
-    first_day[cd.code[is_first]] = cd.day[is_first]
-    last_day = np.zeros(n, dtype=np.int64)
-    is_last = np.ones(len(cd.code), dtype=bool)
-    is_last[:-1] = cd.code[1:] != cd.code[:-1]
-    last_day[cd.code[is_last]] = cd.day[is_last]
+    first_day, last_day = pd_.first_and_last_day()
     out = pd.DataFrame(
         {
             "frequency": (counts - 1).astype(np.float64),
             "recency": (last_day - first_day).astype(np.float64) / unit_days,
             "T": (end_day - first_day).astype(np.float64) / unit_days,
         },
-        index=cd.customers,
+        index=pd_.customers,
     )
     if with_monetary:
-        repeat = ~is_first
-        sums = np.bincount(cd.code[repeat], weights=cd.value[repeat], minlength=n)
+        # Value of the repeat purchase days: lines on a purchase day other than the first.
+        c = pd_.line_code
+        repeat = pd_.line_on_purchase_day & (pd_.line_day != first_day[c])
+        sums = np.bincount(c[repeat], weights=pd_.line_value[repeat], minlength=len(counts))
         reps = counts - 1
-        mv = np.where(reps > 0, sums / np.maximum(reps, 1), 0.0)
-        out["monetary_value"] = mv
+        out["monetary_value"] = np.where(reps > 0, sums / np.maximum(reps, 1), 0.0)
     return out[present]
 
 
@@ -215,14 +243,12 @@ def rfm_summary(
     purchase on or before ``as_of``.
     """
     ud = _unit_days(unit)
-    cutoff = analysis_cutoff(as_of)
-    past = lines[lines["order_ts"] < cutoff] if len(lines) else lines
-    if past.empty:
+    days = purchase_days(lines, value_col=value_col, end=analysis_cutoff(as_of))
+    if len(days.day) == 0:
         raise DataContractError(
             f"no purchases on or before the analysis date {as_of}", rule="empty_window"
         )
-    cd = customer_days(past, value_col=value_col)
-    return _summary_from_days(cd, _end_day(as_of), ud, value_col is not None)
+    return _summary_from_days(days, _end_day(as_of), ud, value_col is not None)
 
 
 def calibration_holdout_summary(
@@ -254,20 +280,20 @@ def calibration_holdout_summary(
         )
     cal = rfm_summary(lines, calibration_end, unit=unit, value_col=value_col)
     cal.columns = [f"{c}_cal" for c in cal.columns]
-    ts = lines["order_ts"]
-    hold_lines = lines[(ts >= cal_cut) & (ts < hold_cut)]
-    hold_lines = hold_lines[hold_lines["customer_id"].isin(cal.index)]
     n = len(cal)
     freq_h = np.zeros(n)
     mv_h = np.zeros(n)
-    if len(hold_lines):
-        cd = customer_days(hold_lines, value_col=value_col)
-        pos = cal.index.get_indexer(cd.customers)
-        counts = np.bincount(cd.code, minlength=len(cd.customers)).astype(np.float64)
-        freq_h[pos] = counts
+    hd = purchase_days(lines, value_col=value_col, start=cal_cut, end=hold_cut)
+    if len(hd.day):
+        pos = cal.index.get_indexer(hd.customers)
+        known = pos >= 0  # the calibration cohort only
+        counts = hd.days_per_customer().astype(np.float64)
+        freq_h[pos[known]] = counts[known]
         if value_col is not None:
-            sums = np.bincount(cd.code, weights=cd.value, minlength=len(cd.customers))
-            mv_h[pos] = np.where(counts > 0, sums / np.maximum(counts, 1), 0.0)
+            on = hd.line_on_purchase_day
+            sums = np.bincount(hd.line_code[on], weights=hd.line_value[on], minlength=len(counts))
+            mv = np.where(counts > 0, sums / np.maximum(counts, 1), 0.0)
+            mv_h[pos[known]] = mv[known]
     cal["frequency_holdout"] = freq_h
     if value_col is not None:
         cal["monetary_value_holdout"] = mv_h
