@@ -24,7 +24,30 @@ class Measurement:
     result: Any = None
 
 
+def _reset_peak() -> None:
+    """Forget the peak RSS inherited from the parent across fork/exec (Linux: writing 5 to
+    /proc/self/clear_refs resets VmHWM)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MB (VmHWM; ru_maxrss where /proc is absent)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
 def _child(fn: Callable[..., Any], args: tuple, conn) -> None:  # noqa: ANN001
+    _reset_peak()
     t0 = time.perf_counter()
     try:
         out = fn(*args)
@@ -32,8 +55,7 @@ def _child(fn: Callable[..., Any], args: tuple, conn) -> None:  # noqa: ANN001
     except BaseException as exc:  # report failures (e.g. MemoryError) as figures
         out, err = None, f"{type(exc).__name__}: {exc}"
     secs = time.perf_counter() - t0
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    conn.send((secs, peak_kb / 1024.0, out, err))
+    conn.send((secs, peak_rss_mb(), out, err))
     conn.close()
 
 

@@ -15,7 +15,6 @@ Target for the whole feature set (RFM + behaviour) on 10M lines: under 60 s and 
 from __future__ import annotations
 
 import argparse
-import resource
 import sys
 import tempfile
 import time
@@ -23,10 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import Measurement, machine, measure, table  # noqa: E402
-
-
-def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+from _harness import peak_rss_mb as _peak_mb  # noqa: E402
 
 
 def make_input(n_lines: int, folder: str) -> dict:
