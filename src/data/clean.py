@@ -138,7 +138,9 @@ def analysis_cutoff(as_of: datetime | str | pd.Timestamp) -> pd.Timestamp:
 
 
 _RULE_DESCRIPTIONS = {
-    "invalid_values": "missing timestamp, missing/infinite/zero quantity or missing/infinite price",
+    "invalid_values": (
+        "missing timestamp, missing/infinite/zero quantity, missing/infinite price or line amount"
+    ),
     "missing_customer_id": "no customer id (guest or unidentified lines)",
     "cancellations": "lines of cancelled orders (order id prefix {prefixes})",
     "returns": "other lines with a negative quantity",
@@ -293,7 +295,11 @@ def clean_lines(
     # Each rule's mask on the whole input (independent of the others).
     masks: dict[str, np.ndarray] = {}
     masks["invalid_values"] = (
-        df["order_ts"].isna().to_numpy() | ~np.isfinite(qty) | (qty == 0) | ~np.isfinite(price)
+        df["order_ts"].isna().to_numpy()
+        | ~np.isfinite(qty)
+        | (qty == 0)
+        | ~np.isfinite(price)
+        | ~np.isfinite(amount)  # e.g. quantity x price overflowing
     )
     masks["missing_customer_id"] = cust.isna().to_numpy()
     prefixes = tuple(cfg.cancellation_prefixes)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from crmkit.data.clean import CleanResult, clean_lines
 from crmkit.data.io import load_transactions, staged_output, write_parquet
+from crmkit.errors import DataContractError
 from crmkit.pipelines.config import PipelineConfig
 
 __all__ = ["run_validate", "LINES_FILE", "REPORT_FILE"]
@@ -37,6 +38,13 @@ def run_validate(
     """Load and clean ``data``; write ``lines.parquet`` and ``quality_report.json`` into
     ``out_dir`` all-or-nothing."""
     result = load_and_clean(data, config)
+    if result.lines.empty:
+        raise DataContractError(
+            f"no order lines are left after cleaning {data}; the report:\n"
+            + result.report.render(),
+            rule="no_rows_left",
+            hint="check the column mapping and the cleaning settings (cleaning: in the config)",
+        )
     with staged_output(out_dir) as stage:
         write_parquet(result.lines, Path(stage) / LINES_FILE)
         result.report.to_json(Path(stage) / REPORT_FILE)
