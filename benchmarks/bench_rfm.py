@@ -73,6 +73,7 @@ def main() -> None:
     for label, fn in [
         ("crmkit rfm_summary", run_crmkit),
         ("lifetimes summary_data", run_lifetimes),
+        ("crmkit all features (customer_table)", run_all_features),
     ]:
         m = measure(label, fn, path)
         secs, n_cust = m.result

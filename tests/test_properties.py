@@ -1,0 +1,93 @@
+"""Property-based tests (hypothesis): invariants of cleaning and features that must hold for
+any order lines, not just the hand-made ones."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from crmkit.data.clean import analysis_cutoff, clean_lines
+from crmkit.data.io import load_transactions
+from crmkit.features.behaviour import behaviour_features
+from crmkit.features.rfm import rfm_summary
+from crmkit.features.segments import assign_segments, rfm_scores
+
+T0 = pd.Timestamp("2023-01-01")
+AS_OF = pd.Timestamp("2023-03-31")
+
+line = st.fixed_dictionaries(
+    {
+        "customer_id": st.one_of(st.none(), st.sampled_from(["a", "b", "c", "d", "e", "f"])),
+        "order_no": st.integers(0, 12),
+        "cancel": st.booleans(),
+        "seconds": st.integers(0, 120 * 86_400),
+        "product_id": st.sampled_from(["p1", "p2", "p3", "POST", "gift_0001_10"]),
+        "quantity": st.one_of(
+            st.integers(-5, 20).map(float), st.sampled_from([np.nan, np.inf, 0.0])
+        ),
+        "unit_price": st.one_of(
+            st.floats(-5, 500, allow_nan=False).map(lambda x: round(x, 2)),
+            st.sampled_from([0.0, np.nan]),
+        ),
+    }
+)
+
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _frame(rows: list[dict]) -> pd.DataFrame:
+    f = pd.DataFrame(rows)
+    f["order_id"] = [("C" if c else "") + f"o{n}" for c, n in zip(f["cancel"], f["order_no"])]
+    f["order_ts"] = T0 + pd.to_timedelta(f["seconds"], unit="s")
+    return f[["customer_id", "order_id", "order_ts", "product_id", "quantity", "unit_price"]]
+
+
+@SETTINGS
+@given(st.lists(line, min_size=1, max_size=40), st.sampled_from(["drop", "net"]))
+def test_cleaning_accounts_for_every_row_and_every_unit_of_spend(rows, returns):
+    raw = load_transactions(_frame(rows))
+    res = clean_lines(raw, {"returns": returns, "as_of": AS_OF})
+    rep, out = res.report, res.lines
+    t = rep.rules
+    assert rep.totals["rows_in"] == len(rows)
+    assert rep.totals["rows_out"] == len(out) == len(rows) - t["rows_dropped"].sum()
+    if returns == "drop":
+        # spend preserved except for what the rules counted
+        assert np.isclose(
+            rep.totals["revenue_in"], rep.totals["revenue_out"] + t["amount_dropped"].sum()
+        )
+        assert (out["quantity"] > 0).all()
+    assert out["customer_id"].notna().all()
+    assert np.isfinite(out[["quantity", "unit_price", "amount"]].to_numpy()).all()
+    assert (out["unit_price"] > 0).all()
+    assert (out["order_ts"] < analysis_cutoff(AS_OF)).all()
+    assert not out.duplicated().any()
+    assert (t["rows_dropped"] <= t["matched_in_input"]).all()
+    assert t["customers_lost"].sum() == rep.totals["customers_in"] - rep.totals["customers_out"]
+
+
+@SETTINGS
+@given(st.lists(line, min_size=1, max_size=40), st.sampled_from(["D", "W", "M"]))
+def test_rfm_and_segment_invariants(rows, unit):
+    out = clean_lines(load_transactions(_frame(rows)), {"returns": "net"}).lines
+    if not (out["quantity"] > 0).any():
+        return
+    s = rfm_summary(out, AS_OF, unit=unit)
+    purchases = out[out["quantity"] > 0]
+    orders = purchases.groupby("customer_id")["order_id"].nunique()
+    assert (s["frequency"] >= 0).all()
+    assert (s["frequency"] <= orders.reindex(s.index) - 1).all()
+    assert ((s["recency"] >= 0) & (s["recency"] <= s["T"])).all()
+    assert (s.loc[s["frequency"] == 0, "recency"] == 0).all()
+    assert (s.loc[s["frequency"] == 0, "monetary_value"] == 0).all()
+    scores = rfm_scores(out, AS_OF)
+    for col in ("r_score", "f_score", "m_score"):
+        assert scores[col].between(1, 5).all()
+    seg = assign_segments(scores)
+    assert seg.notna().all() and len(seg) == len(scores) == len(s)
+    feats = behaviour_features(out, AS_OF)
+    assert feats.index.equals(s.index)
+    num = feats.select_dtypes("number").to_numpy(dtype=float)
+    assert np.isfinite(num).all()
