@@ -126,8 +126,10 @@ def purchase_days(
         Days whose only lines have a negative quantity (returns kept by ``returns: net``) are
         not purchase days; their lines carry no weight. With ``False`` every line's day counts.
     start, end
-        Only lines with ``start <= order_ts < end`` count (selected on numpy arrays, without
-        copying the frame). Customers with no line in the range have no purchase days.
+        Only lines with ``start <= order_ts < end`` count (masked on numpy arrays, without
+        copying the frame; the ``line_*`` arrays still hold every line, with
+        ``line_on_purchase_day`` false outside the range). Customers with no line in the
+        range have no purchase days.
     """
     _require(lines, ("customer_id", "order_ts") + ((value_col,) if value_col else ()))
     if lines["customer_id"].isna().any():
@@ -154,13 +156,11 @@ def purchase_days(
     else:
         purchase = np.ones(len(lines), dtype=bool)
     codes = codes.astype(np.int64, copy=False)
-    if in_range is not None and not in_range.all():
-        codes, ns, vals, purchase = (
-            codes[in_range],
-            ns[in_range],
-            vals[in_range],
-            purchase[in_range],
-        )
+    # Lines outside [start, end) take no part (masked, not copied out).
+    returns = ~purchase
+    if in_range is not None:
+        purchase &= in_range
+        returns &= in_range
     days = ns // _DAY_NS
     d0 = int(days.min()) if len(days) else 0
     span = int(days.max()) - d0 + 1 if len(days) else 1
@@ -170,7 +170,6 @@ def purchase_days(
     keep[1:] = pkeys[1:] != pkeys[:-1]
     ukey = pkeys[keep]
     on_day = purchase.copy()
-    returns = ~purchase
     if returns.any():
         rk = key[returns]
         pos = np.minimum(np.searchsorted(ukey, rk), max(len(ukey) - 1, 0))
