@@ -59,9 +59,9 @@ def configure(tracking_uri: str | None = None, experiment: str = DEFAULT_EXPERIM
     import mlflow
 
     uri = tracking_uri or default_tracking_uri()
-    if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     try:
+        if uri.startswith("sqlite:///"):
+            Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
         mlflow.set_tracking_uri(uri)
         client = mlflow.MlflowClient(uri)
         exp = client.get_experiment_by_name(experiment)

@@ -1,0 +1,52 @@
+"""crmkit.tracking against a local SQLite store and a real ``mlflow server`` process."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+
+from crmkit.tracking import TrackingError, configure, default_tracking_uri, flat_metrics, stage_run
+
+
+def test_default_store_is_sqlite_under_mlruns(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert default_tracking_uri() == f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    assert default_tracking_uri() == "http://127.0.0.1:5999"
+
+
+def test_runs_nested_failed_and_artifacts_local(tmp_path):
+    exp = configure(f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="t")
+    with stage_run("parent"):
+        with stage_run("child", nested=True):
+            mlflow.log_metrics(flat_metrics({"a": {"b": 1.5, "skip": None}, "n": 3}))
+    with pytest.raises(ValueError):
+        with stage_run("broken"):
+            raise ValueError("boom")
+    runs = {r.info.run_name: r for r in mlflow.MlflowClient().search_runs([exp])}
+    assert runs["broken"].info.status == "FAILED"
+    assert runs["child"].data.metrics == {"a.b": 1.5, "n": 3.0}
+    assert runs["child"].data.tags["mlflow.parentRunId"] == runs["parent"].info.run_id
+    assert runs["parent"].info.artifact_uri.startswith((tmp_path / "artifacts").as_uri())
+
+
+def test_unusable_store_is_a_clear_error(tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(TrackingError, match="cannot be used"):
+        configure(f"sqlite:///{blocker / 'mlruns' / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with pytest.raises(TrackingError, match="cannot be used"):
+        configure("http://127.0.0.1:9/")  # nothing listens on the discard port
+
+
+def test_against_a_real_mlflow_server(mlflow_server):
+    exp = configure(mlflow_server, experiment="server-test")
+    with stage_run("served"):
+        mlflow.log_metric("m", 2.0)
+        mlflow.log_dict({"k": 1}, "d.json")
+    client = mlflow.MlflowClient(mlflow_server)
+    (run,) = client.search_runs([exp])
+    assert run.data.metrics["m"] == 2.0
+    assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["d.json"]
