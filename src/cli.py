@@ -7,6 +7,7 @@ caused by input or configuration print a clear message and exit with status 2.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -65,6 +66,23 @@ ConfigOpt = Annotated[
     Optional[Path],  # noqa: UP045
     typer.Option("--config", "-c", help="Pipeline YAML (see pipelines/crmkit.yaml)."),
 ]
+
+
+MapOpt = Annotated[
+    Optional[list[str]],  # noqa: UP045
+    typer.Option("--map", help="Column mapping 'File Header=canonical_name' (repeatable)."),
+]
+NamesOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(help="Comma-separated column names for a file without a header row."),
+]
+
+
+def _data_overrides(map_: list[str] | None, names: str | None) -> dict[str, object]:
+    return {
+        "columns": _parse_map(map_) or None,
+        "names": [n.strip() for n in names.split(",")] if names else None,
+    }
 
 
 def _parse_map(items: list[str] | None) -> dict[str, str]:
@@ -205,6 +223,8 @@ def features(
         Optional[str],  # noqa: UP045
         typer.Option(help="Time unit of recency/T: D, W (days/7) or M (days/30.4375)."),
     ] = None,
+    map_: MapOpt = None,
+    names: NamesOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Customer features at an analysis date: RFM summary, scores, segment, behaviour.
@@ -218,7 +238,9 @@ def features(
     from crmkit.pipelines.features import render_segments, run_features
     from crmkit.pipelines.validate import load_and_clean
 
-    cfg = load_config(config, overrides={"features": {"unit": unit}})
+    cfg = load_config(
+        config, overrides={"features": {"unit": unit}, "data": _data_overrides(map_, names)}
+    )
     t0 = time.perf_counter()
     _info(f"[1/2] loading and cleaning {data}")
     cleaned = load_and_clean(data, cfg)
@@ -237,6 +259,167 @@ def features(
         f"wrote {out}/customers.parquet, kpis.json, cohorts.parquet and plots "
         f"in {time.perf_counter() - t0:.1f} s"
     )
+
+
+def _load_clean(data: Path, cfg):  # noqa: ANN001, ANN202
+    from crmkit.pipelines.validate import load_and_clean
+
+    _info(f"loading and cleaning {data}")
+    cleaned = load_and_clean(data, cfg)
+    _info(f"      {len(cleaned.lines):,} clean order lines")
+    return cleaned
+
+
+AsOfOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(help="Analysis date (default: the last day with data)."),
+]
+HoldoutOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(help="Evaluate on the data after --as-of up to this date."),
+]
+
+
+@app.command()
+def clv(
+    data: Annotated[Path, typer.Argument(help="Transaction file (raw or validated lines).")],
+    out: OutOpt,
+    as_of: AsOfOpt = None,
+    unit: Annotated[
+        Optional[str], typer.Option(help="Model time unit: D, W (days/7) or M.")  # noqa: UP045
+    ] = None,
+    holdout_end: HoldoutOpt = None,
+    horizon: Annotated[
+        Optional[int], typer.Option(help="CLV horizon in periods (months).")  # noqa: UP045
+    ] = None,
+    model: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="bgnbd, mbgnbd, pareto_nbd or auto (backtest champion)."),
+    ] = None,
+    map_: MapOpt = None,
+    names: NamesOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Probabilistic CLV: BG/NBD (or MBG/NBD, Pareto/NBD) and Gamma-Gamma.
+
+    Writes OUT/params.json, OUT/customers.parquet (p_alive, expected purchases, next purchase
+    date, expected spend, CLV and intervals), the P(alive) plot and, with --holdout-end,
+    OUT/holdout_metrics.json and the validation plots.
+    """
+    from crmkit.pipelines.clv import run_clv
+    from crmkit.pipelines.config import load_config
+    from crmkit.pipelines.features import default_as_of
+
+    cfg = load_config(
+        config,
+        overrides={
+            "clv": {"unit": unit, "horizon_periods": horizon, "model": model},
+            "data": _data_overrides(map_, names),
+        },
+    )
+    t0 = time.perf_counter()
+    lines = _load_clean(data, cfg).lines
+    when = as_of or str(default_as_of(lines).date())
+    _info(f"fitting CLV models at {when}")
+    res = run_clv(lines, when, out, cfg.clv, holdout_end=holdout_end)
+    p = res.params
+    typer.echo(f"CLV at {when}: model {res.model_name}, {len(res.customers):,} customers")
+    for name in (res.model_name, "gamma_gamma"):
+        if name in p and isinstance(p[name], dict):
+            vals = {k: v for k, v in p[name].items() if isinstance(v, int | float)}
+            typer.echo(f"  {name}: " + ", ".join(f"{k}={v:.4g}" for k, v in vals.items()))
+    for w in p.get("warnings", []):
+        typer.secho(f"  warning: {w}", fg=typer.colors.YELLOW)
+    _info(f"wrote {out}/params.json, customers.parquet in {time.perf_counter() - t0:.1f} s")
+
+
+@app.command()
+def basket(
+    data: Annotated[Path, typer.Argument(help="Order lines, or a basket file (--baskets).")],
+    out: OutOpt,
+    min_support: Annotated[Optional[float], typer.Option(help="Minimum support.")] = None,  # noqa: UP045
+    min_confidence: Annotated[
+        Optional[float], typer.Option(help="Minimum confidence.")  # noqa: UP045
+    ] = None,
+    level: Annotated[
+        Optional[str], typer.Option(help="product or category.")  # noqa: UP045
+    ] = None,
+    baskets: Annotated[
+        bool, typer.Option("--baskets", help="DATA holds one basket per line (Groceries).")
+    ] = False,
+    map_: MapOpt = None,
+    names: NamesOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Frequent itemsets and association rules (arules conventions).
+
+    Writes OUT/itemsets.parquet, OUT/rules.parquet, OUT/summary.json and OUT/rules.png.
+    """
+    from crmkit.data.io import load_baskets
+    from crmkit.pipelines.basket import run_basket
+    from crmkit.pipelines.config import load_config
+
+    cfg = load_config(
+        config,
+        overrides={
+            "basket": {
+                "min_support": min_support,
+                "min_confidence": min_confidence,
+                "level": level,
+            },
+            "data": _data_overrides(map_, names),
+        },
+    )
+    t0 = time.perf_counter()
+    source = load_baskets(data) if baskets else _load_clean(data, cfg).lines
+    res = run_basket(source, out, cfg.basket)
+    s = res.summary
+    typer.echo(
+        f"{s.get('n_baskets', 0):,} baskets, {s.get('n_items', 0):,} items: "
+        f"{s.get('n_itemsets', 0):,} frequent itemsets, {s.get('n_rules', 0):,} rules"
+    )
+    for m in res.messages:
+        typer.secho(f"  note: {m}", fg=typer.colors.YELLOW)
+    _info(f"wrote {out}/rules.parquet and itemsets.parquet in {time.perf_counter() - t0:.1f} s")
+
+
+@app.command()
+def recommend(
+    data: Annotated[Path, typer.Argument(help="Transaction file (raw or validated lines).")],
+    out: OutOpt,
+    as_of: AsOfOpt = None,
+    top_n: Annotated[Optional[int], typer.Option(help="Products per customer.")] = None,  # noqa: UP045
+    holdout_end: HoldoutOpt = None,
+    map_: MapOpt = None,
+    names: NamesOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Ranked cross-sell / up-sell / re-sell / reactivation lists per customer.
+
+    Writes OUT/recommendations.parquet and, with --holdout-end, OUT/metrics.json (precision,
+    recall, hit rate and revenue captured at N, against the popularity and own-items
+    baselines).
+    """
+    from crmkit.pipelines.basket import run_recommend
+    from crmkit.pipelines.config import load_config
+    from crmkit.pipelines.features import default_as_of
+
+    cfg = load_config(
+        config, overrides={"recommend": {"top_n": top_n}, "data": _data_overrides(map_, names)}
+    )
+    t0 = time.perf_counter()
+    lines = _load_clean(data, cfg).lines
+    when = as_of or str(default_as_of(lines).date())
+    res = run_recommend(lines, when, out, cfg.recommend, holdout_end=holdout_end)
+    recs = res.recommendations
+    typer.echo(
+        f"{len(recs):,} recommendations for {recs['customer_id'].nunique():,} customers at {when}"
+    )
+    if res.metrics:
+        typer.echo(json.dumps(res.metrics.get("lists", res.metrics), indent=2, default=str)[:2000])
+    for m in res.messages:
+        typer.secho(f"  note: {m}", fg=typer.colors.YELLOW)
+    _info(f"wrote {out}/recommendations.parquet in {time.perf_counter() - t0:.1f} s")
 
 
 @app.command()

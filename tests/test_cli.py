@@ -184,3 +184,82 @@ def test_features_command(tmp_path):
     assert (out / "cohort_heatmap.png").stat().st_size > 10_000
     cohorts = pd.read_parquet(out / "cohorts.parquet")
     assert "cohort_size" in cohorts.columns
+
+
+def test_clv_command_reproduces_the_paper_on_cdnow(shared_data, tmp_path):
+    out = tmp_path / "clv"
+    res = runner.invoke(
+        app,
+        [
+            "clv",
+            str(shared_data / "cdnow" / "CDNOW_sample.txt"),
+            "--names",
+            "customer_id,sample_id,order_ts,quantity,amount",
+            "--as-of",
+            "1997-09-30",
+            "--unit",
+            "W",
+            "--out",
+            str(out),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    p = json.loads((out / "params.json").read_text())
+    bg, gg = p["bgnbd"], p["gamma_gamma"]
+    assert [round(bg[k], 3) for k in ("r", "alpha", "a", "b")] == [0.243, 4.414, 0.793, 2.426]
+    assert round(bg["log_likelihood"], 1) == -9582.4
+    assert [round(gg[k], 2) for k in ("p", "q", "v")] == [6.25, 3.74, 15.44]
+    cust = pd.read_parquet(out / "customers.parquet")
+    assert len(cust) == 2357
+    assert {"customer_id", "p_alive", "clv", "next_purchase_date"} <= set(cust.columns)
+
+
+def test_basket_command_on_groceries(shared_data, tmp_path):
+    out = tmp_path / "b"
+    res = runner.invoke(
+        app,
+        [
+            "basket",
+            str(shared_data / "groceries.csv"),
+            "--baskets",
+            "--min-support",
+            "0.001",
+            "--min-confidence",
+            "0.5",
+            "--out",
+            str(out),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_rules"] == 5668
+    assert len(pd.read_parquet(out / "rules.parquet")) == 5668
+
+
+def test_recommend_command(tmp_path):
+    from crmkit.data.simulate import simulate_transactions
+
+    src = tmp_path / "lines.parquet"
+    simulate_transactions(n_customers=600, seed=4).lines.to_parquet(src)
+    out = tmp_path / "rec"
+    res = runner.invoke(
+        app,
+        [
+            "recommend",
+            str(src),
+            "--as-of",
+            "2023-06-30",
+            "--top-n",
+            "5",
+            "--holdout-end",
+            "2023-09-30",
+            "--out",
+            str(out),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    recs = pd.read_parquet(out / "recommendations.parquet")
+    assert list(recs.columns) == ["customer_id", "rank", "product_id", "kind", "score", "reason"]
+    assert recs.groupby("customer_id")["rank"].max().max() <= 5
+    assert not recs.duplicated(["customer_id", "product_id"]).any()
+    assert (out / "metrics.json").exists()

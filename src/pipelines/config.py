@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from crmkit.data.clean import CleaningConfig
 from crmkit.errors import ConfigError
+from crmkit.pipelines.basket import BasketConfig, RecommendConfig
+from crmkit.pipelines.clv import ClvConfig
 from crmkit.pipelines.features import FeaturesConfig
 
 __all__ = ["DataConfig", "PipelineConfig", "load_config"]
@@ -41,6 +43,9 @@ class PipelineConfig(BaseModel):
     data: DataConfig = DataConfig()
     cleaning: CleaningConfig = CleaningConfig()
     features: FeaturesConfig = FeaturesConfig()
+    clv: ClvConfig = ClvConfig()
+    basket: BasketConfig = BasketConfig()
+    recommend: RecommendConfig = RecommendConfig()
 
 
 def _format_errors(exc: ValidationError, source: str) -> str:
