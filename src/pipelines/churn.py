@@ -1,0 +1,650 @@
+"""The ``churn`` stage: train a calibrated LightGBM churn model on rolling snapshots before an
+as-of date, score every customer at the as-of date, and - when the data go on past the as-of
+date's label window - evaluate it against three baselines.
+
+:func:`run_churn` writes, all-or-nothing (:func:`crmkit.data.io.staged_output`):
+
+* ``metrics.json`` - test metrics of LightGBM and the baselines (``lightgbm``,
+  ``recency_rule``, ``rfm_score``, ``bgnbd``), metrics per split, counts, the cutoffs used, the
+  scored-customer rule and the risk bands; ``"metrics": null`` with a ``reason`` when the
+  as-of date's label window is not (fully) in the data;
+* ``customers.parquet`` - ``customer_id, churn_probability, risk_band, top_reasons`` of every
+  scored customer at the as-of date;
+* plots: ``roc.png``, ``pr.png``, ``calibration.png``, ``lift.png``, ``importance.png``,
+  ``shap_summary.png``.
+
+The rules (label, cutoffs, scored customers, features, calibration, metrics) are in
+``docs/churn.md``; the settings are :class:`ChurnConfig` (``churn:`` in the pipeline YAML).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from crmkit.errors import DataContractError
+
+__all__ = [
+    "LightGBMSettings",
+    "ChurnConfig",
+    "ChurnResult",
+    "RISK_BANDS",
+    "compute_churn",
+    "write_churn",
+    "run_churn",
+    "log_churn_run",
+]
+
+#: Names of the risk bands, lowest first.
+RISK_BANDS: tuple[str, str, str] = ("low", "medium", "high")
+BASELINES: tuple[str, ...] = ("recency_rule", "rfm_score", "bgnbd")
+PLOT_FILES: tuple[str, ...] = (
+    "roc.png",
+    "pr.png",
+    "calibration.png",
+    "lift.png",
+    "importance.png",
+    "shap_summary.png",
+)
+
+
+class LightGBMSettings(BaseModel):
+    """LightGBM settings of the churn model (``churn.lightgbm:``); see
+    :class:`crmkit.models.churn.ChurnModel` for each."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    n_estimators: int = Field(1000, ge=1)
+    learning_rate: float = Field(0.05, gt=0, le=1)
+    num_leaves: int = Field(4, ge=2)
+    max_depth: int = -1
+    min_child_samples: int = Field(200, ge=1)
+    reg_lambda: float = Field(10.0, ge=0)
+    reg_alpha: float = Field(0.0, ge=0)
+    feature_fraction: float = Field(0.5, gt=0, le=1)
+    bagging_fraction: float = Field(0.5, gt=0, le=1)
+    bagging_freq: int = Field(1, ge=0)
+    min_split_gain: float = Field(0.0, ge=0)
+    max_bin: int = Field(63, ge=3)
+    class_weight: Literal["balanced", "none"] = "balanced"
+    monotone_recency: bool = True
+    early_stopping_rounds: int = Field(100, ge=1)
+    early_stopping_metric: Literal["binary_logloss", "auc"] = "binary_logloss"
+    n_jobs: int = Field(2, ge=1)
+
+
+class ChurnConfig(BaseModel):
+    """Settings of the churn stage (``churn:`` in the pipeline YAML).
+
+    Attributes
+    ----------
+    window_days
+        Label window H: churned = no purchase in the H days after the cutoff.
+    snapshot_every
+        Days between training cutoffs.
+    n_snapshots
+        Most training cutoffs (the latest ones).
+    min_history_days
+        Days of data every training cutoff needs before it.
+    min_orders, active_within_days
+        The scored-customer rule (at every cutoff): customers with at least ``min_orders``
+        purchase orders on or before the cutoff and, unless ``None``, a purchase in its last
+        ``active_within_days`` days.
+    feature_windows
+        Trailing windows (days) of the behavioural features.
+    bgnbd_features
+        Add the BG/NBD outputs (fitted per cutoff on its own RFM summary) as features.
+    lightgbm
+        :class:`LightGBMSettings`.
+    calibration
+        ``sigmoid`` (Platt), ``isotonic`` or ``none``; fitted on the validation cutoff.
+    bgnbd_prior
+        Boost from the BG/NBD log-odds of no purchase in the window (``always``), not
+        (``never``), or whichever scores the better validation ROC-AUC (``auto``).
+    search, search_trials
+        Bounded random search (``search_trials`` trials, selected on validation ROC-AUC).
+    risk_thresholds
+        ``[medium, high]``: risk band ``low`` below ``medium``, ``high`` from ``high`` on (on
+        the calibrated churn probability).
+    top_reasons
+        Reasons per customer in ``customers.parquet``.
+    min_class_count
+        Fewest churners and non-churners each in the training and the validation snapshots.
+    shap_sample
+        Customers in the SHAP summary plot (a seeded sample).
+    seed
+        Seed of LightGBM and of the search; same data + seed give identical probabilities.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    window_days: int = Field(90, ge=1, le=730)
+    snapshot_every: int = Field(7, ge=1)
+    n_snapshots: int = Field(24, ge=2)
+    min_history_days: int = Field(42, ge=0)
+    min_orders: int = Field(1, ge=1)
+    active_within_days: int | None = Field(None, ge=0)
+    feature_windows: list[int] = [30, 90, 180, 365]
+    bgnbd_features: bool = True
+    lightgbm: LightGBMSettings = LightGBMSettings()
+    calibration: Literal["sigmoid", "isotonic", "none"] = "sigmoid"
+    bgnbd_prior: Literal["auto", "always", "never"] = "auto"
+    search: bool = False
+    search_trials: int = Field(10, ge=1, le=100)
+    risk_thresholds: tuple[float, float] = (0.5, 0.8)
+    top_reasons: int = Field(3, ge=0, le=10)
+    min_class_count: int = Field(20, ge=1)
+    shap_sample: int = Field(2000, ge=10)
+    seed: int = 0
+
+    @field_validator("feature_windows")
+    @classmethod
+    def _windows(cls, v: list[int]) -> list[int]:
+        if not v or any(w < 1 for w in v):
+            raise ValueError("feature_windows must be a non-empty list of days >= 1")
+        return v
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> ChurnConfig:
+        lo, hi = self.risk_thresholds
+        if not 0.0 < lo < hi < 1.0:
+            raise ValueError(f"risk_thresholds must satisfy 0 < medium < high < 1, got {lo}, {hi}")
+        return self
+
+    def model_params(self) -> dict[str, Any]:
+        """Keyword arguments of :class:`crmkit.models.churn.ChurnModel`."""
+        lg = self.lightgbm.model_dump()
+        monotone = lg.pop("monotone_recency")
+        lg["class_weight"] = None if lg["class_weight"] == "none" else "balanced"
+        return {
+            **lg,
+            "monotone_constraints": {"recency_days": 1} if monotone else {},
+            "calibration": self.calibration,
+            "prior_feature": f"bg_p_no_purchase_{self.window_days}d"
+            if self.bgnbd_features
+            else None,
+            "prior": self.bgnbd_prior,
+            "search_trials": self.search_trials if self.search else 0,
+            "random_state": self.seed,
+            "min_class_count": self.min_class_count,
+        }
+
+
+@dataclass
+class ChurnResult:
+    """What :func:`compute_churn` produced.
+
+    Attributes
+    ----------
+    customers
+        ``customer_id, churn_probability, risk_band, top_reasons`` at the as-of date.
+    metrics
+        The content of ``metrics.json``.
+    model
+        The fitted :class:`crmkit.models.churn.ChurnModel`.
+    plan
+        The cutoffs (:class:`crmkit.models.churn.CutoffPlan`).
+    figures
+        ``{"roc.png": Figure, ...}``.
+    test_features
+        Features of the scored customers at the as-of date (the model's input).
+    config
+        The settings used.
+    notes
+        Feature and model remarks (failed BG/NBD fits, constant features dropped); also in
+        ``metrics["notes"]``.
+    """
+
+    customers: pd.DataFrame
+    metrics: dict[str, Any]
+    model: Any
+    plan: Any
+    figures: dict[str, Any]
+    test_features: pd.DataFrame
+    config: ChurnConfig
+    notes: list[str] = field(default_factory=list)
+
+
+def _risk_band(p: np.ndarray, thresholds: tuple[float, float]) -> pd.Categorical:
+    codes = np.searchsorted(np.asarray(thresholds), p, side="right")
+    return pd.Categorical.from_codes(codes, categories=list(RISK_BANDS), ordered=True)
+
+
+def _baseline_transform(name: str, s: np.ndarray) -> np.ndarray:
+    """A monotone transform of a baseline score before Platt scaling."""
+    if name == "recency_rule":
+        return np.log1p(np.maximum(s, 0.0))
+    if name.startswith("bgnbd"):
+        p = np.clip(s, 1e-6, 1 - 1e-6)
+        return np.log(p / (1 - p))
+    return s
+
+
+def _class_check(y: pd.Series, what: str, minimum: int) -> None:
+    n1 = int(y.sum())
+    n0 = int(len(y) - n1)
+    if min(n0, n1) < minimum:
+        raise DataContractError(
+            f"{what} has {n1:,} churners and {n0:,} non-churners among {len(y):,} customers; "
+            f"a churn model needs at least {minimum} of each",
+            rule="too_few_per_class",
+            hint="use more customers, another window_days / as_of, or lower min_class_count",
+        )
+
+
+def _say(progress: Callable[[str], None] | None, msg: str) -> None:
+    if progress is not None:
+        progress(msg)
+
+
+def compute_churn(
+    lines: pd.DataFrame,
+    as_of: object,
+    config: ChurnConfig | None = None,
+    *,
+    progress: Callable[[str], None] | None = None,
+    cancellation_prefixes: tuple[str, ...] = ("C",),
+) -> ChurnResult:
+    """Plan the cutoffs, build the snapshots, fit, score, explain and evaluate (no files are
+    written; see :func:`run_churn`).
+
+    Parameters
+    ----------
+    lines
+        Cleaned order lines (:func:`crmkit.data.clean.clean_lines` ``.lines``), possibly going
+        on past ``as_of`` (then only used to label the as-of date and evaluate).
+    as_of
+        The scoring date (the test cutoff).
+    config
+        :class:`ChurnConfig`; default settings when ``None``.
+    progress
+        Called with a short message at each step.
+    cancellation_prefixes
+        Order-id prefixes of cancelled orders (as the cleaning config's).
+    """
+    from crmkit.models import churn_plots as cp
+    from crmkit.models.churn import (
+        ChurnModel,
+        _Calibrator,
+        baseline_scores,
+        churn_snapshots,
+        classification_metrics,
+        plan_cutoffs,
+    )
+
+    cfg = config or ChurnConfig()
+    H = cfg.window_days
+    plan = plan_cutoffs(
+        lines,
+        as_of,
+        window_days=H,
+        every_days=cfg.snapshot_every,
+        n_snapshots=cfg.n_snapshots,
+        min_history_days=cfg.min_history_days,
+    )
+    cutoffs = [*plan.train, plan.validation, plan.test]
+    _say(
+        progress,
+        f"cutoffs: {len(plan.train)} training ({plan.train[0].date()} .. {plan.train[-1].date()}),"
+        f" validation {plan.validation.date()}, test {plan.test.date()}",
+    )
+
+    def step(i: int, n: int, ts: pd.Timestamp) -> None:
+        _say(progress, f"features {i}/{n} at {ts.date()}")
+
+    snaps = churn_snapshots(
+        lines,
+        cutoffs,
+        window_days=H,
+        min_orders=cfg.min_orders,
+        active_within_days=cfg.active_within_days,
+        progress=step,
+        windows=tuple(cfg.feature_windows),
+        cancellation_prefixes=tuple(cancellation_prefixes),
+        bgnbd=cfg.bgnbd_features,
+    )
+    notes = list(snaps.attrs.get("notes", []))
+    present = set(snaps.index.get_level_values("cutoff"))
+    for c, what in ((plan.validation, "validation"), (plan.test, "test (as-of)")):
+        if c not in present:
+            raise DataContractError(
+                f"no customer matches the scored-customer rule at the {what} cutoff {c.date()}",
+                rule="empty_window",
+            )
+    level = snaps.index.get_level_values("cutoff")
+    feature_cols = [c for c in snaps.columns if c != "churned"]
+    train = snaps[level.isin(plan.train)]
+    val = snaps.loc[plan.validation]
+    test = snaps.loc[plan.test]
+    y_train = train["churned"].astype(np.int64)
+    y_val = val["churned"].astype(np.int64)
+    _class_check(
+        y_train, f"the training snapshots ({len(plan.train)} cutoffs)", cfg.min_class_count
+    )
+    _class_check(y_val, f"the validation cutoff {plan.validation.date()}", cfg.min_class_count)
+    if len(train.index.get_level_values("cutoff").unique()) < 2:
+        raise DataContractError(
+            "only one training cutoff has scored customers; the model needs several",
+            rule="too_few_cutoffs",
+        )
+
+    _say(
+        progress,
+        f"training LightGBM on {len(train):,} snapshot rows x {len(feature_cols)} features",
+    )
+    model = ChurnModel(**cfg.model_params()).fit(
+        train[feature_cols], y_train, X_val=val[feature_cols], y_val=y_val
+    )
+    if model.dropped_features_:
+        notes.append(
+            "constant in the training snapshots, not used: " + ", ".join(model.dropped_features_)
+        )
+
+    _say(progress, f"scoring {len(test):,} customers at {plan.test.date()}")
+    X_test = test[feature_cols]
+    proba = model.predict_proba(X_test)[:, 1]
+    raw_test = model.decision_function(X_test)
+    reasons = (
+        model.top_reasons(X_test, k=cfg.top_reasons)
+        if cfg.top_reasons
+        else pd.Series([[] for _ in range(len(X_test))], index=X_test.index)
+    )
+    customers = pd.DataFrame(
+        {
+            "customer_id": X_test.index.to_numpy(),
+            "churn_probability": proba,
+            "risk_band": _risk_band(proba, cfg.risk_thresholds),
+            "top_reasons": reasons.to_numpy(),
+        }
+    )
+
+    # ---- metrics ---------------------------------------------------------------------------
+    lo, hi = cfg.risk_thresholds
+    y_test = test["churned"]
+    labelled = plan.test_labelled and not y_test.isna().any()
+    counts = {
+        "train_rows": int(len(train)),
+        "train_cutoffs": len(plan.train),
+        "train_customers": int(train.index.get_level_values("customer_id").nunique()),
+        "train_churn_rate": float(y_train.mean()),
+        "validation_customers": int(len(val)),
+        "validation_churn_rate": float(y_val.mean()),
+        "test_customers": int(len(test)),
+        "features": int(model.n_features_in_),
+        "risk_bands": {b: int((customers["risk_band"] == b).sum()) for b in RISK_BANDS},
+    }
+    val_base = baseline_scores(val, H)
+    test_base = baseline_scores(test, H)
+    raw_val = model.decision_function(val[feature_cols])
+    metrics: dict[str, Any] = {
+        "as_of": str(plan.test.date()),
+        "window_days": H,
+        "cutoffs": plan.to_dict(),
+        "counts": counts,
+        "scored_customers": {
+            "min_orders": cfg.min_orders,
+            "active_within_days": cfg.active_within_days,
+            "rule": f"customers with >= {cfg.min_orders} purchase order(s) on or before the cutoff"
+            + (
+                f" and a purchase in its last {cfg.active_within_days} days"
+                if cfg.active_within_days is not None
+                else ""
+            ),
+        },
+        "risk_bands": {
+            "low": f"churn_probability < {lo:g}",
+            "medium": f"{lo:g} <= churn_probability < {hi:g}",
+            "high": f"churn_probability >= {hi:g}",
+        },
+        "model": {
+            "best_iteration": model.best_iteration_,
+            "validation_auc_at_stop": model.validation_auc_,
+            "bgnbd_prior_used": model.prior_used_,
+            "candidates": model.prior_results_.to_dict(orient="records"),
+            "calibration": model.calibrator_,
+            "dropped_features": model.dropped_features_,
+            "search": None
+            if model.search_results_ is None
+            else model.search_results_.to_dict(orient="records"),
+        },
+        "notes": notes,
+    }
+
+    def baseline_metrics(y_v: pd.Series, y_t: pd.Series) -> tuple[dict, dict, str | None]:
+        """Per baseline: validation-calibrated test metrics (Platt on a monotone transform of
+        the score; the ranking metrics are those of the raw score)."""
+        out_t, out_v = {}, {}
+        variant = None
+        for name in ("recency_rule", "rfm_score", "bgnbd_p_no_purchase", "bgnbd_p_dead"):
+            if name not in test_base or test_base[name].isna().any() or val_base[name].isna().any():
+                continue
+            sv = val_base[name].to_numpy(dtype=np.float64)
+            st = test_base[name].to_numpy(dtype=np.float64)
+            cal = _Calibrator.fit("sigmoid", _baseline_transform(name, sv), y_v.to_numpy())
+            out_v[name] = classification_metrics(y_v, cal(_baseline_transform(name, sv)), sv)
+            if y_t is not None:
+                out_t[name] = classification_metrics(y_t, cal(_baseline_transform(name, st)), st)
+        ref = out_t if y_t is not None else out_v
+        bg = [n for n in ("bgnbd_p_no_purchase", "bgnbd_p_dead") if n in ref]
+        if bg:
+            variant = max(bg, key=lambda n: ref[n]["roc_auc"])
+            for d in (out_t, out_v):
+                if variant in d:
+                    d["bgnbd"] = {**d[variant], "score": variant}
+        return out_t, out_v, variant
+
+    val_metrics = {"lightgbm": classification_metrics(y_val, model._calibrator(raw_val), raw_val)}
+    train_raw = model.decision_function(train[feature_cols])
+    train_metrics = {
+        "lightgbm": classification_metrics(y_train, model._calibrator(train_raw), train_raw)
+    }
+    if labelled:
+        y_t = y_test.astype(np.int64)
+        if y_t.nunique() < 2:
+            labelled = False
+            metrics["metrics"] = None
+            metrics["reason"] = (
+                f"every scored customer at {plan.test.date()} is "
+                f"{'churned' if y_t.iloc[0] == 1 else 'active'}: ranking metrics are undefined"
+            )
+    if labelled:
+        test_metrics = {"lightgbm": classification_metrics(y_t, proba, raw_test)}
+        base_t, base_v, variant = baseline_metrics(y_val, y_t)
+        test_metrics.update(base_t)
+        val_metrics.update(base_v)
+        counts["test_churn_rate"] = float(y_t.mean())
+        for name in ("lightgbm", *BASELINES):
+            if name in test_metrics:
+                metrics[name] = test_metrics[name]
+        metrics["bgnbd_score"] = variant
+        metrics["beats_baselines"] = {
+            m: all(
+                test_metrics["lightgbm"][m] > test_metrics[b][m]
+                for b in BASELINES
+                if b in test_metrics
+            )
+            for m in ("roc_auc", "pr_auc")
+        }
+        metrics["metrics"] = {
+            "test": test_metrics,
+            "validation": val_metrics,
+            "train": train_metrics,
+        }
+        metrics["reason"] = None
+    elif "reason" not in metrics:
+        _, base_v, _ = baseline_metrics(y_val, None)
+        val_metrics.update(base_v)
+        metrics["metrics"] = None
+        metrics["reason"] = (
+            f"the data end {plan.data_end.date()}, before the end of the as-of date's "
+            f"{H}-day label window ({(plan.test + pd.Timedelta(days=H)).date()}): customers are "
+            "scored, test metrics are skipped"
+        )
+        metrics["validation_metrics"] = val_metrics
+    metrics["validation_note"] = (
+        "validation metrics of lightgbm are optimistic: the validation cutoff chose the number "
+        "of boosting rounds and fitted the calibration"
+    )
+
+    # ---- plots -------------------------------------------------------------------------------
+    _say(progress, "plots and explanations")
+    if labelled:
+        ev_y, ev_raw, ev_p, ev_base, where = (
+            y_t,
+            raw_test,
+            proba,
+            test_base,
+            f"test {plan.test.date()}",
+        )
+    else:
+        ev_y, ev_raw, ev_p = y_val, raw_val, model._calibrator(raw_val)
+        ev_base, where = val_base, f"validation {plan.validation.date()} (test not labelled)"
+    curves = {"LightGBM": (ev_y, ev_raw)}
+    bg_name = metrics.get("bgnbd_score") or (
+        "bgnbd_p_no_purchase" if "bgnbd_p_no_purchase" in ev_base else None
+    )
+    labels = {"recency_rule": "recency rule", "rfm_score": "RFM quintile sum"}
+    for name, label in labels.items():
+        curves[label] = (ev_y, ev_base[name].to_numpy())
+    if bg_name and not ev_base[bg_name].isna().any():
+        curves[f"BG/NBD {bg_name.removeprefix('bgnbd_')}"] = (ev_y, ev_base[bg_name].to_numpy())
+    figures = {
+        "roc.png": cp.plot_roc(curves, title=f"ROC, {where}").figure,
+        "pr.png": cp.plot_pr(curves, title=f"Precision-recall, {where}").figure,
+        "lift.png": cp.plot_lift(curves, title=f"Cumulative gains, {where}").figure,
+    }
+    cal_curves = {"validation (calibration set)": (y_val, model._calibrator(raw_val))}
+    if labelled:
+        cal_curves[f"test {plan.test.date()}"] = (ev_y, ev_p)
+    figures["calibration.png"] = cp.plot_calibration(
+        cal_curves, title=f"Reliability of calibrated LightGBM ({model.calibrator_['method']})"
+    ).figure
+    figures["importance.png"] = cp.plot_importance(
+        model.feature_importance("gain"), title="LightGBM gain importance"
+    ).figure
+    rng = np.random.default_rng(cfg.seed)
+    take = np.sort(rng.choice(len(X_test), min(cfg.shap_sample, len(X_test)), replace=False))
+    sample = X_test.iloc[take]
+    figures["shap_summary.png"] = cp.plot_shap_summary(
+        model.shap_values(sample), sample, max_points=cfg.shap_sample
+    ).figure
+    return ChurnResult(
+        customers=customers,
+        metrics=metrics,
+        model=model,
+        plan=plan,
+        figures=figures,
+        test_features=X_test,
+        config=cfg,
+        notes=notes,
+    )
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, pd.Timestamp):
+        return obj.isoformat()
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def _finite(obj: Any) -> Any:
+    """NaN / inf -> None (JSON has no NaN)."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, float | np.floating) and not math.isfinite(float(obj)):
+        return None
+    return obj
+
+
+def write_churn(result: ChurnResult, out_dir: str | os.PathLike) -> None:
+    """Write ``metrics.json``, ``customers.parquet`` and the plots into ``out_dir``,
+    all-or-nothing."""
+    from crmkit.data.io import staged_output, write_parquet
+
+    with staged_output(out_dir) as stage:
+        stage = Path(stage)
+        text = json.dumps(_finite(result.metrics), indent=2, default=_json_default)
+        (stage / "metrics.json").write_text(text + "\n", "utf-8")
+        customers = result.customers.copy()
+        customers["top_reasons"] = [list(r) for r in customers["top_reasons"]]
+        write_parquet(customers, stage / "customers.parquet")
+        for name, fig in result.figures.items():
+            fig.savefig(stage / name, dpi=110)
+
+
+def run_churn(
+    lines: pd.DataFrame,
+    as_of: object,
+    out_dir: str | os.PathLike,
+    config: ChurnConfig | None = None,
+    *,
+    progress: Callable[[str], None] | None = None,
+    cancellation_prefixes: tuple[str, ...] = ("C",),
+) -> ChurnResult:
+    """Train, score and evaluate at ``as_of`` (:func:`compute_churn`), then write the outputs
+    to ``out_dir`` (:func:`write_churn`). Nothing is written when anything fails."""
+    result = compute_churn(
+        lines, as_of, config, progress=progress, cancellation_prefixes=cancellation_prefixes
+    )
+    _say(progress, f"writing {out_dir}")
+    write_churn(result, out_dir)
+    return result
+
+
+def log_churn_run(result: ChurnResult, *, log_model: bool = True) -> str | None:
+    """Log a churn result into the active MLflow run (open it with
+    :func:`crmkit.tracking.stage_run`): the config as params, metrics per split
+    (``test.lightgbm.roc_auc``, ``validation.rfm_score.pr_auc``, ...; validation only when
+    the test is not labelled), counts, the plots and - with ``log_model`` - the booster.
+    Returns the model URI (``None`` without ``log_model``)."""
+    import mlflow
+
+    from crmkit.models.churn import log_churn_model
+    from crmkit.tracking import flat_metrics, log_figure, log_json
+
+    cfg = result.config.model_dump()
+    lg = cfg.pop("lightgbm")
+    params: dict[str, Any] = {f"churn.{k}": v for k, v in cfg.items()}
+    params.update({f"churn.lightgbm.{k}": v for k, v in lg.items()})
+    params["churn.as_of"] = result.metrics["as_of"]
+    params["churn.train_cutoffs"] = ",".join(result.metrics["cutoffs"]["train"])
+    params["churn.validation_cutoff"] = result.metrics["cutoffs"]["validation"]
+    splits = result.metrics.get("metrics") or {
+        "validation": result.metrics.get("validation_metrics", {})
+    }
+    metrics = {**splits, "counts": result.metrics["counts"]}
+    extra = {"cutoffs": result.metrics["cutoffs"], "reason": result.metrics.get("reason")}
+    if log_model:
+        return log_churn_model(
+            result.model,
+            example=result.test_features.head(200),
+            params=params,
+            metrics=metrics,
+            figures=result.figures,
+            extra=extra,
+        )
+    params = {
+        k: (v if isinstance(v, int | float | str | bool) else str(v)) for k, v in params.items()
+    }
+    mlflow.log_params(params)
+    mlflow.log_metrics(flat_metrics(metrics))
+    for name, fig in result.figures.items():
+        log_figure(fig, name)
+    log_json(_finite(extra), "churn_run.json")
+    return None
