@@ -270,6 +270,10 @@ def _load_clean(data: Path, cfg):  # noqa: ANN001, ANN202
     return cleaned
 
 
+TrackingOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlruns)."),
+]
 AsOfOpt = Annotated[
     Optional[str],  # noqa: UP045
     typer.Option(help="Analysis date (default: the last day with data)."),
@@ -422,22 +426,206 @@ def recommend(
     _info(f"wrote {out}/recommendations.parquet in {time.perf_counter() - t0:.1f} s")
 
 
+AsOfOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--as-of", help="Analysis date YYYY-MM-DD (default: the last day of the data)."),
+]
+
+
+@app.command()
+def churn(
+    data: Annotated[Path, typer.Argument(help="Transaction file.")],
+    out: OutOpt,
+    as_of: AsOfOpt = None,
+    window_days: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option("--window-days", help="Churn window H in days (default 90)."),
+    ] = None,
+    config: ConfigOpt = None,
+    map_: MapOpt = None,
+    names: NamesOpt = None,
+) -> None:
+    """Train and evaluate the LightGBM churn model at --as-of and score its customers.
+
+    Features at a cutoff use only data up to it; its label is "no purchase in the next
+    --window-days days". Training and validation cutoffs are earlier ones whose label
+    windows end by --as-of. When the data cover the window after --as-of, the model and the
+    baselines (recency rule, RFM score, BG/NBD) are evaluated there; otherwise customers are
+    scored and metrics.json says why there are no test metrics. Writes OUT/metrics.json,
+    OUT/customers.parquet (churn_probability, risk_band, top_reasons) and the plots.
+    """
+    from crmkit.pipelines.churn import run_churn
+    from crmkit.pipelines.config import load_config
+    from crmkit.pipelines.features import default_as_of
+
+    cfg = load_config(
+        config,
+        overrides={"churn": {"window_days": window_days}, "data": _data_overrides(map_, names)},
+    )
+    t0 = time.perf_counter()
+    lines = _load_clean(data, cfg).lines
+    when = as_of or str(default_as_of(lines).date())
+    res = run_churn(
+        lines,
+        when,
+        out,
+        cfg.churn,
+        progress=_info,
+        cancellation_prefixes=tuple(cfg.cleaning.cancellation_prefixes),
+    )
+    m = res.metrics
+    if m.get("metrics"):
+        typer.echo(f"test cutoff {when} (window {cfg.churn.window_days} days):")
+        typer.echo(_render_churn_metrics(m["metrics"].get("test") or m["metrics"]))
+    else:
+        typer.echo(f"no test metrics at {when}: {m.get('reason')}")
+    bands = res.customers["risk_band"].value_counts()
+    typer.echo("risk bands: " + ", ".join(f"{k} {int(v):,}" for k, v in bands.items()))
+    _info(f"wrote {out}/ in {time.perf_counter() - t0:.1f} s")
+
+
+def _render_churn_metrics(block: dict) -> str:  # type: ignore[type-arg]
+    cols = ("roc_auc", "pr_auc", "brier", "log_loss", "top_decile_lift")
+    rows = [f"  {'model':<16}" + "".join(f"{c:>16}" for c in cols)]
+    for name, vals in block.items():
+        if isinstance(vals, dict) and "roc_auc" in vals:
+            rows.append(
+                f"  {name:<16}"
+                + "".join(
+                    f"{vals.get(c):>16.4f}" if isinstance(vals.get(c), float | int) else f"{'':>16}"
+                    for c in cols
+                )
+            )
+    return "\n".join(rows)
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Argument(help="Transaction file.")],
+    config: ConfigOpt = None,
+    as_of: AsOfOpt = None,
+    map_: MapOpt = None,
+    names: NamesOpt = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Train everything and register the customer-scorer model.
+
+    One MLflow parent run with nested runs validate, features, clv, churn and basket; the
+    bundled pyfunc model is registered (registry.model_name) and gets the champion alias
+    only if its gate metrics are no worse than the current champion's.
+    """
+    from crmkit.pipelines.config import load_config
+    from crmkit.pipelines.train import run_train
+
+    cfg = load_config(config, overrides={"data": _data_overrides(map_, names)})
+    t0 = time.perf_counter()
+    res = run_train(data, cfg, as_of=as_of, tracking_uri=tracking_uri, progress=_info)
+    _print_train(res)
+    _info(f"done in {time.perf_counter() - t0:.1f} s")
+
+
+def _print_train(res) -> None:  # noqa: ANN001
+    g = res.gate
+    typer.echo(f"training run {res.run_id} (experiment {res.experiment_id}) at {res.as_of.date()}")
+    typer.echo(f"model {res.model_name} version {res.model_version}")
+    typer.echo("gate metrics (higher is better):")
+    rows = g.get("comparison") or [
+        {"metric": k, "challenger": v, "champion": None} for k, v in g["challenger_metrics"].items()
+    ]
+    for r in rows:
+        ch = r.get("champion")
+        typer.echo(f"  {r['metric']:<24} new {_fmt(r.get('challenger'))}   champion {_fmt(ch)}")
+    typer.echo(f"gate: {g.get('decision')}")
+    for n in res.notes[:10]:
+        typer.secho(f"  note: {n}", fg=typer.colors.YELLOW)
+
+
+def _fmt(v: object) -> str:
+    return f"{v:.4f}" if isinstance(v, float | int) else "-"
+
+
+@app.command()
+def score(
+    data: Annotated[Path, typer.Argument(help="Transaction file.")],
+    out: OutOpt,
+    model: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Model URI (default models:/crmkit-customer-scorer@champion)."),
+    ] = None,
+    as_of: AsOfOpt = None,
+    fmt: Annotated[
+        Optional[str], typer.Option("--format", help="parquet (default) or csv.")  # noqa: UP045
+    ] = None,
+    config: ConfigOpt = None,
+    map_: MapOpt = None,
+    names: NamesOpt = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Score every customer with the registered model (the batch-scoring entry point).
+
+    Writes OUT/customers.parquet (segment, RFM scores, P(alive), expected purchases, CLV,
+    churn probability, risk band, reasons, next_best_action), OUT/recommendations.parquet,
+    OUT/audiences/<action>.parquet, OUT/summary.json and OUT/quality_report.json, all or
+    nothing: a failed or interrupted run leaves the previous outputs untouched.
+    """
+    from crmkit.pipelines.config import load_config
+    from crmkit.pipelines.score import run_score
+    from crmkit.tracking import configure
+
+    cfg = load_config(config, overrides={"data": _data_overrides(map_, names)})
+    t0 = time.perf_counter()
+    configure(tracking_uri, cfg.registry.experiment)
+    res = run_score(data, out, model_uri=model, as_of=as_of, config=cfg, fmt=fmt, progress=_info)
+    _print_score(res)
+    _info(f"wrote {out}/ in {time.perf_counter() - t0:.1f} s")
+
+
+def _print_score(res) -> None:  # noqa: ANN001
+    s = res.output.summary()
+    c = res.output.customers
+    typer.echo(
+        f"scored {s['customers']:,} customers at {s['as_of']} with {res.model['uri']} "
+        f"(version {res.model['version']})"
+    )
+    typer.echo(f"  {'segment':<16} {'customers':>9} {'share':>7} {'mean CLV':>10} {'P(alive)':>9}")
+    g = c.groupby("segment", observed=True).agg(
+        n=("customer_id", "size"), clv=("clv", "mean"), p=("p_alive", "mean")
+    )
+    for name, r in g.sort_values("n", ascending=False).iterrows():
+        typer.echo(
+            f"  {name!s:<16} {int(r['n']):>9,} {r['n'] / max(len(c), 1):>7.1%} "
+            f"{r['clv']:>10,.2f} {r['p']:>9.3f}"
+        )
+    typer.echo(
+        f"CLV total {s['clv_total']:,.2f} (mean {s['clv_mean']:,.2f}); "
+        f"high churn risk {s['churn_high_risk']:,}; recommendations {s['recommendations']:,}"
+    )
+    typer.echo(
+        "next best action: " + ", ".join(f"{k} {v:,}" for k, v in s["next_best_action"].items())
+    )
+    for n in res.output.notes:
+        typer.secho(f"  note: {n}", fg=typer.colors.YELLOW)
+
+
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path("out/demo"),
     customers: Annotated[int, typer.Option(help="Customers in the sample.")] = 5000,
     seed: Annotated[int, typer.Option(help="Random seed of the sample.")] = 0,
 ) -> None:
-    """The main job end to end on the embedded sample data.
+    """The main job end to end on the embedded sample data: train, then score.
 
-    Generates the sample (seeded simulator, CSV as a shop would export it), validates and
-    cleans it, and computes customer features and segments at the sample's cutoff.
+    Generates the sample (seeded simulator, CSV as a shop would export it), runs
+    `crmkit train` on it (tracked in ./mlruns, model registered) and `crmkit score` with the
+    champion, and prints where the outputs are and how to open the MLflow UI.
     """
     from crmkit.data.io import staged_output, write_parquet
     from crmkit.data.simulate import simulate_transactions
     from crmkit.pipelines.config import load_config
-    from crmkit.pipelines.features import render_segments, run_features
-    from crmkit.pipelines.validate import run_validate
+    from crmkit.pipelines.features import render_segments
+    from crmkit.pipelines.score import run_score
+    from crmkit.pipelines.train import run_train
+    from crmkit.tracking import configure, default_tracking_uri
 
     t0 = time.perf_counter()
     _info(f"[1/3] generating the sample: {customers:,} customers, seed {seed}")
@@ -445,23 +633,32 @@ def demo(
     res = simulate_transactions(n_customers=customers, seed=seed, acquisition_weeks=75)
     sample = _write_simulation(res, out / "sample", "csv", staged_output, write_parquet)
     _info(f"      {len(res.lines):,} order lines -> {sample}")
-    _info("[2/3] validating and cleaning")
     cfg_path = Path("pipelines/crmkit.yaml")
     cfg = load_config(cfg_path if cfg_path.is_file() else None)
-    result = run_validate(sample, out / "validated", cfg)
-    typer.echo(result.report.render())
-    as_of = res.truth.params.cutoff
-    _info(f"[3/3] customer features at {as_of}")
-    feats = run_features(
-        result.lines,
-        out / "features",
-        cfg.features,
-        as_of,
-        cancellation_prefixes=tuple(cfg.cleaning.cancellation_prefixes),
+    as_of = str(res.truth.params.cutoff)
+    _info(f"[2/3] crmkit train {sample} --as-of {as_of}")
+    tr = run_train(sample, cfg, as_of=as_of, progress=_info)
+    typer.echo(tr.quality.render())
+    typer.echo(
+        f"\nSegments at {tr.as_of.date()} ({int(tr.segments['customers'].sum()):,} customers):"
     )
-    typer.echo(f"\nSegments at {feats.as_of.date()} ({len(feats.customers):,} customers):")
-    typer.echo(render_segments(feats.segments))
-    _info(f"done in {time.perf_counter() - t0:.1f} s; outputs in {out}/")
+    typer.echo(render_segments(tr.segments))
+    _print_train(tr)
+    _info(f"[3/3] crmkit score {sample} --as-of {as_of} --out {out / 'scores'}")
+    configure(None, cfg.registry.experiment)
+    sc = run_score(
+        sample,
+        out / "scores",
+        model_uri=f"models:/{cfg.registry.model_name}/{tr.model_version}",
+        as_of=as_of,
+        config=cfg,
+        progress=_info,
+    )
+    _print_score(sc)
+    uri = default_tracking_uri()
+    typer.echo(f"\noutputs: {out}/scores (customers, recommendations, audiences/)")
+    typer.echo(f"MLflow UI: mlflow ui --backend-store-uri {uri}  (then open http://127.0.0.1:5000)")
+    _info(f"done in {time.perf_counter() - t0:.1f} s")
 
 
 def main() -> None:

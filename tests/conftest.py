@@ -33,29 +33,16 @@ def write(tmp_path: Path):
     return _write
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     """A real ``mlflow server`` process on 127.0.0.1 with a SQLite backend and served
     artifacts; yields its tracking URI and stops it afterwards."""
-    import shutil
-    import subprocess
-    import sys
-    import time
-    import urllib.request
+    from tests._procs import free_port, mlflow_exe, start_server, stop_server
 
     root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
-    exe = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
+    port = free_port()
     cmd = [
-        exe,
+        mlflow_exe(),
         "server",
         "--host",
         "127.0.0.1",
@@ -68,28 +55,7 @@ def mlflow_server(tmp_path_factory):
         "--workers",
         "1",
     ]
-    log = open(root / "server.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=root)
     uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            log.close()
-            raise RuntimeError(
-                f"mlflow server did not start:\n{(root / 'server.log').read_text()[-3000:]}"
-            )
-        time.sleep(0.5)
+    proc = start_server(cmd, f"{uri}/health", root / "server.log", cwd=root)
     yield uri
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    stop_server(proc)

@@ -27,12 +27,28 @@ CANON = (
 
 
 def _crmkit(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    import os
+
     exe = Path(sys.executable).with_name("crmkit")
-    return subprocess.run([str(exe), *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+    # mlflow.set_tracking_uri (other tests in this worker) exports MLFLOW_TRACKING_URI: a user's
+    # shell has no such leftover, so the subprocess gets the default ./mlruns store.
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return subprocess.run(
+        [str(exe), *args], capture_output=True, text=True, cwd=cwd, timeout=300, env=env
+    )
 
 
 def test_help_everywhere():
-    for args in ([], ["simulate"], ["validate"], ["features"], ["demo"]):
+    for args in (
+        [],
+        ["simulate"],
+        ["validate"],
+        ["features"],
+        ["churn"],
+        ["train"],
+        ["score"],
+        ["demo"],
+    ):
         res = runner.invoke(app, [*args, "--help"])
         assert res.exit_code == 0, res.output
         assert "Usage" in res.output
@@ -139,14 +155,21 @@ def test_simulate_command(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_runs_end_to_end(tmp_path):
-    res = _crmkit("demo", "--out", str(tmp_path / "demo"), "--customers", "1000")
+def test_demo_runs_train_and_score_end_to_end(tmp_path):
+    res = _crmkit("demo", "--out", "demo", "--customers", "1000", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert "Data-quality report" in res.stdout
     assert "Segments at 2023-06-30 (1,000 customers)" in res.stdout
     assert "champions" in res.stdout
-    assert (tmp_path / "demo" / "validated" / "lines.parquet").exists()
-    assert (tmp_path / "demo" / "features" / "customers.parquet").exists()
+    assert "gate: no current champion" in res.stdout
+    assert "scored 1,000 customers at 2023-06-30" in res.stdout
+    scores = tmp_path / "demo" / "scores"
+    customers = pd.read_parquet(scores / "customers.parquet")
+    assert len(customers) == 1000 and customers["next_best_action"].notna().all()
+    assert (scores / "recommendations.parquet").exists()
+    assert (scores / "audiences" / "index.json").exists()
+    assert (tmp_path / "mlruns" / "mlflow.db").exists()
+    assert "mlflow ui --backend-store-uri sqlite:///" in res.stdout
 
 
 def test_features_command(tmp_path):

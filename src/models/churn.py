@@ -630,6 +630,22 @@ class _Calibrator:
             return np.interp(score, self.x, self.y)
         return 1.0 / (1.0 + np.exp(-score))
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> _Calibrator:
+        """The inverse of :meth:`to_dict`."""
+        method = d.get("method")
+        if method == "sigmoid":
+            return cls("sigmoid", a=float(d["a"]), b=float(d["b"]))
+        if method == "isotonic":
+            return cls(
+                "isotonic",
+                x=np.asarray(d["x"], dtype=np.float64),
+                y=np.asarray(d["y"], dtype=np.float64),
+            )
+        if method == "none":
+            return cls("none")
+        raise ValueError(f"unknown calibration method {method!r}")
+
     def to_dict(self) -> dict[str, Any]:
         if self.method == "sigmoid":
             return {"method": "sigmoid", "a": self.a, "b": self.b}

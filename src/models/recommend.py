@@ -71,6 +71,15 @@ products the customer has never bought (cross- and up-sell) when there are candi
 other slots go to the highest scores of any kind. Rows are ranked by score (reactivation
 first).
 
+Learned state and new data
+--------------------------
+:meth:`Recommender.save_state` writes the learned, product-level state (parameters, product
+index, prices / values / categories / names / popularity, the rule and up-sell matrices, the
+calibration coefficients, notes) as JSON, Parquet and ``.npz`` files without any customer id
+or customer-level row; :meth:`Recommender.load_state` reads it back, and
+:meth:`Recommender.recommend_for` applies it to new order lines at a new ``as_of``: customer
+histories come from those lines, everything product-level stays as learned (see there).
+
 Evaluation
 ----------
 :func:`evaluate_recommendations` compares lists with what customers bought in a holdout
@@ -80,10 +89,14 @@ lists; :func:`compare_with_baselines` runs all of it for one cutoff.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import json
 import math
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -199,6 +212,21 @@ def _require_columns(lines: pd.DataFrame, cols: Sequence[str]) -> None:
             )
 
 
+def _lines_frame(lines: Any) -> pd.DataFrame:
+    """The order-line frame of ``lines`` (a DataFrame or a cleaned-lines object with
+    ``.frame``), with the columns recommendations need."""
+    if not isinstance(lines, pd.DataFrame):
+        if hasattr(lines, "frame") and getattr(lines, "level", "product") != "product":
+            _require_columns(pd.DataFrame(columns=["customer_id"]), ())
+        lines = getattr(lines, "frame", lines)
+    if not isinstance(lines, pd.DataFrame):
+        raise DataContractError(
+            f"order lines must be a DataFrame, got {type(lines).__name__}", rule="input_type"
+        )
+    _require_columns(lines, ("customer_id", "order_id", "order_ts", "unit_price"))
+    return lines
+
+
 def _cutoff(as_of: Any) -> pd.Timestamp:
     try:
         return analysis_cutoff(as_of)
@@ -235,8 +263,15 @@ def _sorted_codes(values: pd.Series) -> tuple[np.ndarray, pd.Index]:
 
 
 def _purchases(
-    lines: pd.DataFrame, cutoff: pd.Timestamp, extra_products: pd.Index | None
+    lines: pd.DataFrame,
+    cutoff: pd.Timestamp,
+    extra_products: pd.Index | None,
+    *,
+    known_products: pd.Index | None = None,
 ) -> _Purchases:
+    """The purchases before ``cutoff``. Product codes: positions in the sorted union of the
+    lines' products and ``extra_products``; with ``known_products`` (a fitted product index),
+    positions in it, the lines' other products appended after it in sorted order."""
     m = _past_mask(lines, cutoff)
     if not m.any():
         raise DataContractError(
@@ -252,7 +287,16 @@ def _purchases(
 
     ccode, customers = _sorted_codes(col("customer_id").astype("str"))
     pcode, products = _sorted_codes(col("product_id").astype("str"))
-    if extra_products is not None and len(extra_products):
+    if known_products is not None:
+        pos = known_products.get_indexer(products)
+        new = pos < 0
+        pos[new] = len(known_products) + np.arange(int(new.sum()))
+        pcode = pos[pcode].astype(np.int32)
+        products = pd.Index(
+            np.r_[known_products.to_numpy(dtype=object), products[new].to_numpy(dtype=object)],
+            dtype="str",
+        )
+    elif extra_products is not None and len(extra_products):
         allp = products.union(pd.Index(extra_products, dtype="str")).sort_values()
         pcode = allp.get_indexer(products)[pcode].astype(np.int32)
         products = allp
@@ -1016,13 +1060,11 @@ class Recommender:
         self
         """
         self._check()
-        if not isinstance(lines, pd.DataFrame):
-            if hasattr(lines, "frame") and getattr(lines, "level", "product") != "product":
-                _require_columns(pd.DataFrame(columns=["customer_id"]), ())
-            lines = getattr(lines, "frame", lines)
-        _require_columns(lines, ("customer_id", "order_id", "order_ts", "unit_price"))
+        lines = _lines_frame(lines)
         cutoff = _cutoff(as_of)
         self.notes_: list[str] = []
+        self._names_cache = None
+        self._cross_m = None
         extra = None
         if catalogue is not None:
             catalogue = _check_catalogue(catalogue)
@@ -1078,20 +1120,8 @@ class Recommender:
                 )
         pop, n_pop_orders = _popular(pur, pur.cutoff_day, int(self.popular_days))
         self._pop = (pop, n_pop_orders)
-        self.products_ = pd.DataFrame(
-            {
-                "price": cat.price,
-                "value": cat.value,
-                "category": (
-                    cat.categories.to_numpy(dtype=object)[np.maximum(cat.category, 0)]
-                    if cat.category is not None
-                    else None
-                ),
-                "name": cat.names,
-                "orders": pop,
-            },
-            index=pur.products,
-        )
+        self._products = pur.products
+        self.products_ = _products_frame(pur.products, cat, pop)
 
         # calibration at as_of - horizon
         self._models: dict[int, _Logit] = {}
@@ -1376,6 +1406,11 @@ class Recommender:
             docstring) and ``reason`` (one sentence for a marketer). Sorted by customer and rank.
         """
         if not hasattr(self, "_snap"):
+            if hasattr(self, "_cat"):
+                raise ConfigError(
+                    "this Recommender was loaded from a saved state and holds no customer "
+                    "data: call recommend_for(lines, as_of) with the customers' order lines"
+                )
             raise ConfigError("call fit(lines, as_of) before recommend()")
         snap, pur = self._snap, self._pur
         codes = None
@@ -1427,6 +1462,296 @@ class Recommender:
                 "reason": _str_series(reason),
             }
         )
+
+    # -- new lines with the learned state -------------------------------------------------------
+    def recommend_for(
+        self,
+        lines: pd.DataFrame,
+        as_of: Any,
+        customer_scores: pd.DataFrame | None = None,
+        customers: Iterable[str] | None = None,
+    ) -> pd.DataFrame:
+        """The ranked lists for the customers of ``lines`` at ``as_of``, with the learned
+        product-level state (a fitted or :meth:`load_state` recommender; nothing is refitted).
+
+        What comes from the learned state and what from ``lines``:
+
+        - *learned* (frozen at the training cutoff): the parameters, the cross-sell rules, the
+          up-sell pairs, the calibration coefficients, the catalogue (unit prices or margins,
+          mean units per order, categories, names) and the best sellers with their base rates
+          (orders of the last ``popular_days`` days before the *training* cutoff, used for the
+          cross-sell blend, the base-rate features and the reasons);
+        - *from the lines* before ``as_of``: every customer-level quantity (histories,
+          recency, the re-sell features, the products' typical repurchase gaps among the
+          customers' repeat purchases, the RFM segments and the spend quantile of
+          reactivation, all relative to the customers in ``lines``).
+
+        Products absent at training get no rule and no up-sell and are never cross- or
+        up-sold (popularity 0); a customer who bought one can be offered it again as a
+        re-sell, valued at its realised mean unit price in ``lines`` (its margin if the model
+        is valued on margins and the lines have one), with its category from the lines when
+        that category was known at training. Customers need no history at training.
+
+        With the training lines, ``as_of`` and ``customer_scores``, the result equals
+        :meth:`recommend` of the fitted recommender exactly. ``as_of`` may precede the
+        training cutoff, but the learned state then looks ahead of it (avoid it in
+        backtests).
+
+        Parameters
+        ----------
+        lines
+            Cleaned order lines (as for :meth:`fit`); lines from ``as_of`` on are ignored.
+        as_of
+            Analysis date (a date covers that whole day).
+        customer_scores
+            Optional per-customer ``p_alive`` and / or ``clv`` (as for :meth:`fit`).
+        customers
+            Customer ids to recommend for (default: every customer with a purchase before the
+            cutoff; unknown ids get no rows).
+
+        Returns
+        -------
+        DataFrame
+            As :meth:`recommend`.
+
+        Raises
+        ------
+        ConfigError
+            The recommender is neither fitted nor loaded.
+        DataContractError
+            Missing columns, or no purchase before ``as_of``.
+        """
+        if not hasattr(self, "_cat"):
+            raise ConfigError(
+                "this Recommender is not fitted: call fit(lines, as_of) or "
+                "Recommender.load_state(path) before recommend_for()"
+            )
+        self._check()
+        lines = _lines_frame(lines)
+        cutoff = _cutoff(as_of)
+        known = self._products
+        pur = _purchases(lines, cutoff, None, known_products=known)
+        n_old, n_p = len(known), pur.n_products
+        cat = self._cat
+        if n_p > n_old:
+            cat = _extend_catalogue(cat, _catalogue(lines, pur, None, "auto"), n_old)
+        pur = dataclasses.replace(pur, line_take=None, line_prod=None)
+        counts, n_orders = self._pop
+        work = copy.copy(self)  # the customer-level state lives on the copy only
+        work._pur, work._cat = pur, cat
+        work._snap = _snapshot(pur, pur.cutoff_day)
+        work._rules = _pad_rules(self._rules, n_p)
+        work._upsell = _pad_upsell(self._upsell, n_p)
+        work._pop = (np.concatenate([counts, np.zeros(n_p - n_old, counts.dtype)]), n_orders)
+        work._scores = _customer_factors(customer_scores, pur.customers)
+        work.customers_ = pur.customers
+        work._names_cache = None
+        work._cross_m = None
+        work._segments = None
+        return work.recommend(customers)
+
+    # -- persistence ---------------------------------------------------------------------------
+    def save_state(self, path: str | os.PathLike) -> None:
+        """Write the learned, product-level state into the folder ``path`` (created).
+
+        Files (no pickle; none holds a customer id or a customer-level row):
+
+        ``recommender.json``
+            Format, parameters, training cutoff, value basis, category labels, the number of
+            orders of the popularity window, which models exist, ``notes_``.
+        ``products.parquet``
+            One row per product code: ``product_id``, ``price``, ``value``, ``quantity``
+            (mean units per order), ``category`` (code into the labels, -1 unknown; only with
+            categories), ``name``, ``orders`` (orders with it in the popularity window).
+        ``rules.parquet``
+            ``rules_`` (the mined cross-sell rules, for reporting).
+        ``calibration.parquet``
+            ``calibration_`` (counts, rates, AUC and coefficients per kind).
+        ``rule_model.npz``, ``upsell_model.npz``, ``calibration.npz``
+            The sparse rule and up-sell matrices over product codes and the calibration
+            models' feature means, scales and coefficients; each only when it exists (a
+            stale one from an earlier save is removed).
+
+        Raises
+        ------
+        ConfigError
+            The recommender is neither fitted nor loaded.
+        """
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not hasattr(self, "_cat"):
+            raise ConfigError("call fit(lines, as_of) before save_state()")
+        d = Path(path)
+        d.mkdir(parents=True, exist_ok=True)
+        cat = self._cat
+        counts, n_orders = self._pop
+        cols: dict[str, Any] = {
+            "product_id": pa.array(self._products.to_numpy(dtype=object), pa.string()),
+            "price": pa.array(np.asarray(cat.price, dtype=np.float64)),
+            "value": pa.array(np.asarray(cat.value, dtype=np.float64)),
+            "quantity": pa.array(np.asarray(cat.quantity, dtype=np.float64)),
+        }
+        if cat.category is not None:
+            cols["category"] = pa.array(np.asarray(cat.category, dtype=np.int32))
+        cols["name"] = pa.array(cat.names.tolist(), pa.string())
+        cols["orders"] = pa.array(np.asarray(counts, dtype=np.int64))
+        pq.write_table(pa.table(cols), d / _STATE_FILES["products"])
+        pq.write_table(
+            pa.Table.from_pandas(self.rules_, preserve_index=False), d / _STATE_FILES["rules"]
+        )
+        pq.write_table(
+            pa.Table.from_pandas(self.calibration_, preserve_index=False),
+            d / _STATE_FILES["calibration"],
+        )
+        arrays = {
+            "rule_model": _rule_arrays(self._rules),
+            "upsell_model": _upsell_arrays(self._upsell),
+            "calibration_model": {
+                f"{KINDS[k]}__{part}": getattr(m, part)
+                for k, m in sorted(self._models.items())
+                for part in ("mean", "scale", "coef")
+            },
+        }
+        for key, arrs in arrays.items():
+            f = d / _STATE_FILES[key]
+            if arrs:
+                np.savez_compressed(f, allow_pickle=False, **arrs)
+            elif f.exists():
+                f.unlink()
+        params = {
+            k: list(v) if isinstance(v, (tuple, list)) else v for k, v in self.get_params().items()
+        }
+        meta = {
+            "format": _STATE_FORMAT,
+            "version": _STATE_VERSION,
+            "params": params,
+            "cutoff": self.cutoff_.isoformat(),
+            "value_basis": cat.value_basis,
+            "categories": (
+                [str(c) for c in cat.categories] if cat.categories is not None else None
+            ),
+            "n_products": len(self._products),
+            "popular_orders": int(n_orders),
+            "rule_model": self._rules is not None,
+            "upsell_model": self._upsell is not None,
+            "calibrated_kinds": [KINDS[k] for k in sorted(self._models)],
+            "notes": list(self.notes_),
+        }
+        text = json.dumps(meta, indent=2, allow_nan=False) + "\n"
+        (d / _STATE_FILES["meta"]).write_text(text, "utf-8")
+
+    @classmethod
+    def load_state(cls, path: str | os.PathLike) -> Recommender:
+        """A recommender with the state written by :meth:`save_state`: ready for
+        :meth:`recommend_for` (and :meth:`save_state`), without customer data
+        (:meth:`recommend` raises; ``customers_`` is empty).
+
+        Raises
+        ------
+        DataContractError
+            ``path`` is not a saved recommender state of a known format, or a file is
+            missing or inconsistent.
+        """
+        import pyarrow.parquet as pq
+
+        d = Path(path)
+        meta_file = d / _STATE_FILES["meta"]
+        if not meta_file.is_file():
+            raise DataContractError(
+                f"{d} is not a saved recommender state (no {meta_file.name})",
+                rule="recommender_state",
+            )
+        try:
+            meta = json.loads(meta_file.read_text("utf-8"))
+            fmt, version = meta["format"], meta["version"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DataContractError(
+                f"{meta_file} is not a recommender state ({exc})", rule="recommender_state"
+            ) from None
+        if fmt != _STATE_FORMAT or version != _STATE_VERSION:
+            raise DataContractError(
+                f"{meta_file}: recommender state {fmt!r} version {version!r} is not supported "
+                f"(expects {_STATE_FORMAT!r} version {_STATE_VERSION}); retrain",
+                rule="recommender_state",
+            )
+        absent = [k for k in _STATE_KEYS if k not in meta]
+        if absent:
+            raise DataContractError(
+                f"{meta_file} lacks {', '.join(absent)}: not a complete recommender state",
+                rule="recommender_state",
+            )
+        needed = ["products", "rules", "calibration"]
+        needed += [k for k in ("rule_model", "upsell_model") if meta[k]]
+        needed += ["calibration_model"] if meta["calibrated_kinds"] else []
+        missing = [_STATE_FILES[k] for k in needed if not (d / _STATE_FILES[k]).is_file()]
+        if missing:
+            raise DataContractError(
+                f"{d}: recommender state files missing: {', '.join(missing)}",
+                rule="recommender_state",
+            )
+        params = dict(meta["params"])
+        for k in ("kinds", "reactivation_segments"):
+            params[k] = tuple(params[k])
+        try:
+            self = cls(**params)
+        except TypeError as exc:
+            raise DataContractError(
+                f"{meta_file}: parameters do not fit this crmkit's Recommender ({exc})",
+                rule="recommender_state",
+            ) from None
+        prod = pq.read_table(d / _STATE_FILES["products"])
+        n_p = int(meta["n_products"])
+        if prod.num_rows != n_p:
+            raise DataContractError(
+                f"{d}: products.parquet has {prod.num_rows} rows, the state says {n_p}",
+                rule="recommender_state",
+            )
+
+        def col(name: str) -> np.ndarray:
+            return prod.column(name).to_numpy()
+
+        categories = meta["categories"]
+        has_cat = categories is not None
+        cat = _Catalogue(
+            price=col("price").astype(np.float64),
+            value=col("value").astype(np.float64),
+            quantity=col("quantity").astype(np.float64),
+            category=col("category").astype(np.int32) if has_cat else None,
+            categories=pd.Index(categories, dtype="str") if has_cat else None,
+            names=np.array(prod.column("name").to_pylist(), dtype=object),
+            value_basis=str(meta["value_basis"]),
+        )
+        products = pd.Index(prod.column("product_id").to_pylist(), dtype="str", name="product_id")
+        counts = col("orders").astype(np.int64)
+        self._cat, self._products = cat, products
+        self._pop = (counts, int(meta["popular_orders"]))
+        self._rules = (
+            _rule_from_arrays(_read_npz(d / _STATE_FILES["rule_model"]))
+            if meta["rule_model"]
+            else None
+        )
+        self._upsell = (
+            _upsell_from_arrays(_read_npz(d / _STATE_FILES["upsell_model"]))
+            if meta["upsell_model"]
+            else None
+        )
+        self._models = {}
+        if meta["calibrated_kinds"]:
+            arrs = _read_npz(d / _STATE_FILES["calibration_model"])
+            for name in meta["calibrated_kinds"]:
+                self._models[KINDS.index(name)] = _Logit(
+                    arrs[f"{name}__mean"], arrs[f"{name}__scale"], arrs[f"{name}__coef"]
+                )
+        self.cutoff_ = pd.Timestamp(meta["cutoff"])
+        self.notes_ = list(meta["notes"])
+        self.products_ = _products_frame(products, cat, counts)
+        self.rules_ = _rules_from_table(pq.read_table(d / _STATE_FILES["rules"]))
+        self.calibration_ = pq.read_table(d / _STATE_FILES["calibration"]).to_pandas()
+        self.customers_ = pd.Index([], dtype="str", name="customer_id")
+        self._names_cache = None
+        self._cross_m = None
+        return self
 
     def _value(self, cand: _Candidates) -> np.ndarray:
         """Value of one purchase: unit price (or margin) x expected units when
@@ -1952,6 +2277,182 @@ def _customer_factors(
         if mean > 0:
             clv_w[pos[fin]] = v[fin] / mean
     return p_alive, clv_w
+
+
+# --------------------------------------------------------------------------------------------
+# learned state: product-level frames, padding to new products, files
+
+_STATE_FORMAT = "crmkit.models.recommend.Recommender"
+_STATE_VERSION = 1
+_STATE_FILES = {
+    "meta": "recommender.json",
+    "products": "products.parquet",
+    "rules": "rules.parquet",
+    "calibration": "calibration.parquet",
+    "rule_model": "rule_model.npz",
+    "upsell_model": "upsell_model.npz",
+    "calibration_model": "calibration.npz",
+}
+
+_STATE_KEYS = (
+    "params",
+    "cutoff",
+    "value_basis",
+    "categories",
+    "n_products",
+    "popular_orders",
+    "rule_model",
+    "upsell_model",
+    "calibrated_kinds",
+    "notes",
+)
+
+
+def _products_frame(products: pd.Index, cat: _Catalogue, orders: np.ndarray) -> pd.DataFrame:
+    """``products_``: price, value, category, name and popularity per product."""
+    return pd.DataFrame(
+        {
+            "price": cat.price,
+            "value": cat.value,
+            "category": (
+                cat.categories.to_numpy(dtype=object)[np.maximum(cat.category, 0)]
+                if cat.category is not None
+                else None
+            ),
+            "name": cat.names,
+            "orders": orders,
+        },
+        index=products,
+    )
+
+
+def _extend_catalogue(old: _Catalogue, new: _Catalogue, n_old: int) -> _Catalogue:
+    """``old`` (the learned catalogue of the first ``n_old`` product codes) followed by the
+    products after them as measured in ``new`` (a catalogue of the new lines)."""
+    sl = slice(n_old, None)
+    price = new.price[sl]
+    if new.value_basis == old.value_basis:
+        value = new.value[sl]
+    else:
+        value = np.where(np.isfinite(price) & (price > 0), price, 0.0)
+    category = None
+    if old.category is not None:
+        add = np.full(len(price), -1, dtype=np.int32)
+        if new.category is not None:
+            codes = new.category[sl]
+            labels = pd.Index(
+                new.categories.to_numpy(dtype=object)[np.maximum(codes, 0)], dtype="str"
+            )
+            add = np.where(codes >= 0, old.categories.get_indexer(labels), -1).astype(np.int32)
+        category = np.concatenate([old.category, add])
+    return _Catalogue(
+        price=np.concatenate([old.price, price]),
+        value=np.concatenate([old.value, value]),
+        quantity=np.concatenate([old.quantity, new.quantity[sl]]),
+        category=category,
+        categories=old.categories,
+        names=np.concatenate([old.names, new.names[sl]]),
+        value_basis=old.value_basis,
+    )
+
+
+def _resize_csr(m: sp.csr_matrix, shape: tuple[int, int]) -> sp.csr_matrix:
+    """``m`` with empty rows / columns appended up to ``shape``."""
+    m = m.tocsr()
+    if m.shape == shape:
+        return m
+    pad = np.full(shape[0] - m.shape[0], m.indptr[-1], dtype=m.indptr.dtype)
+    return sp.csr_matrix((m.data, m.indices, np.concatenate([m.indptr, pad])), shape=shape)
+
+
+def _pad_rules(rm: _RuleModel | None, n_p: int) -> _RuleModel | None:
+    if rm is None or rm.W.shape[1] == n_p:
+        return rm
+    n_a = rm.W.shape[0]
+    return dataclasses.replace(
+        rm,
+        ant_items=_resize_csr(rm.ant_items, (n_p, n_a)),
+        W=_resize_csr(rm.W, (n_a, n_p)),
+        conf=_resize_csr(rm.conf, (n_a, n_p)),
+        lift=_resize_csr(rm.lift, (n_a, n_p)),
+    )
+
+
+def _pad_upsell(um: _UpsellModel | None, n_p: int) -> _UpsellModel | None:
+    if um is None or um.W.shape[1] == n_p:
+        return um
+    return _UpsellModel(_resize_csr(um.W, (n_p, n_p)), _resize_csr(um.Q, (n_p, n_p)))
+
+
+def _csr_arrays(prefix: str, m: sp.csr_matrix) -> dict[str, np.ndarray]:
+    m = m.tocsr()
+    return {
+        f"{prefix}__data": m.data,
+        f"{prefix}__indices": m.indices,
+        f"{prefix}__indptr": m.indptr,
+        f"{prefix}__shape": np.asarray(m.shape, dtype=np.int64),
+    }
+
+
+def _csr_from(arrs: dict[str, np.ndarray], prefix: str) -> sp.csr_matrix:
+    shape = tuple(int(x) for x in arrs[f"{prefix}__shape"])
+    return sp.csr_matrix(
+        (arrs[f"{prefix}__data"], arrs[f"{prefix}__indices"], arrs[f"{prefix}__indptr"]),
+        shape=shape,
+    )
+
+
+def _rule_arrays(rm: _RuleModel | None) -> dict[str, np.ndarray]:
+    if rm is None:
+        return {}
+    return {
+        **_csr_arrays("ant_items", rm.ant_items),
+        **_csr_arrays("W", rm.W),
+        **_csr_arrays("conf", rm.conf),
+        **_csr_arrays("lift", rm.lift),
+        "ant_len": np.asarray(rm.ant_len),
+        "ant_codes": np.asarray(rm.ant_codes),
+    }
+
+
+def _rule_from_arrays(arrs: dict[str, np.ndarray]) -> _RuleModel:
+    return _RuleModel(
+        ant_items=_csr_from(arrs, "ant_items"),
+        ant_len=arrs["ant_len"],
+        W=_csr_from(arrs, "W"),
+        conf=_csr_from(arrs, "conf"),
+        lift=_csr_from(arrs, "lift"),
+        ant_codes=arrs["ant_codes"],
+    )
+
+
+def _upsell_arrays(um: _UpsellModel | None) -> dict[str, np.ndarray]:
+    return {} if um is None else {**_csr_arrays("W", um.W), **_csr_arrays("Q", um.Q)}
+
+
+def _upsell_from_arrays(arrs: dict[str, np.ndarray]) -> _UpsellModel:
+    return _UpsellModel(_csr_from(arrs, "W"), _csr_from(arrs, "Q"))
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError) as exc:
+        raise DataContractError(
+            f"{path} is not a readable recommender state file ({exc})", rule="recommender_state"
+        ) from None
+
+
+def _rules_from_table(table: Any) -> pd.DataFrame:
+    """``rules_`` from its Parquet table (item lists back to Python lists)."""
+    if table.num_rows == 0:
+        return pd.DataFrame(columns=list(RULE_COLUMNS))
+    df = table.to_pandas()
+    for c in ("antecedents", "consequents"):
+        if c in df.columns:
+            df[c] = pd.Series([list(x) for x in df[c]], dtype=object, index=df.index)
+    return df
 
 
 def recommend(

@@ -15,6 +15,8 @@ date's label window - evaluate it against three baselines.
 
 The rules (label, cutoffs, scored customers, features, calibration, metrics) are in
 ``docs/churn.md``; the settings are :class:`ChurnConfig` (``churn:`` in the pipeline YAML).
+:class:`ChurnScorer` is the fitted model in portable form (JSON state + LightGBM text model)
+that scores order lines at any as-of date, for batch scoring.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -42,6 +44,7 @@ __all__ = [
     "write_churn",
     "run_churn",
     "log_churn_run",
+    "ChurnScorer",
 ]
 
 #: Names of the risk bands, lowest first.
@@ -202,6 +205,8 @@ class ChurnResult:
     notes
         Feature and model remarks (failed BG/NBD fits, constant features dropped); also in
         ``metrics["notes"]``.
+    cancellation_prefixes
+        Order-id prefixes of cancelled orders the features were built with.
     """
 
     customers: pd.DataFrame
@@ -212,6 +217,7 @@ class ChurnResult:
     test_features: pd.DataFrame
     config: ChurnConfig
     notes: list[str] = field(default_factory=list)
+    cancellation_prefixes: tuple[str, ...] = ("C",)
 
 
 def _risk_band(p: np.ndarray, thresholds: tuple[float, float]) -> pd.Categorical:
@@ -546,6 +552,7 @@ def compute_churn(
         test_features=X_test,
         config=cfg,
         notes=notes,
+        cancellation_prefixes=tuple(cancellation_prefixes),
     )
 
 
@@ -648,3 +655,307 @@ def log_churn_run(result: ChurnResult, *, log_model: bool = True) -> str | None:
         log_figure(fig, name)
     log_json(_finite(extra), "churn_run.json")
     return None
+
+
+# --------------------------------------------------------------------------------------------
+# the portable scorer
+# --------------------------------------------------------------------------------------------
+
+#: Order-line columns behind features that only exist when the column does.
+_OPTIONAL_SOURCES: dict[str, str] = {
+    "distinct_products": "product_id",
+    "distinct_categories": "category",
+    "country": "country",
+    "channel": "channel",
+}
+_BASE_LINE_COLUMNS: tuple[str, ...] = ("customer_id", "order_id", "order_ts", "quantity", "amount")
+
+
+class ChurnScorer:
+    """A fitted churn model that scores cleaned order lines at any as-of date.
+
+    It bundles what turns order lines into ``churn_probability``: the feature settings
+    (label window, trailing windows, BG/NBD features, cancellation prefixes), the
+    scored-customer rule, the LightGBM booster with its feature list and category code tables,
+    the BG/NBD prior's offset, the calibration map, the risk thresholds and the number of
+    reasons. :meth:`save` writes it as ``churn_scorer.json`` (parameters and aggregates only:
+    no customer id and no customer-level row) plus ``booster.txt`` (LightGBM's text model).
+
+    :meth:`score` builds the features with the training code
+    (:func:`crmkit.models.churn.churn_features`) from the lines before the as-of date only.
+    Two feature groups are refitted on the scoring data at that date, as in training, where
+    they were fitted per cutoff: the RFM quintile scores (ranks among the customers scored)
+    and, with ``bgnbd_features``, the BG/NBD model (a deterministic maximum-likelihood fit on
+    the as-of date's RFM summary, so the same lines and date give the same scores). On the
+    training lines at the training as-of date the scorer reproduces
+    :attr:`ChurnResult.customers` exactly.
+
+    Build it with :meth:`from_result` or :meth:`load`.
+    """
+
+    STATE_FILE = "churn_scorer.json"
+    BOOSTER_FILE = "booster.txt"
+    FORMAT = 1
+
+    def __init__(
+        self,
+        *,
+        model: Any,
+        window_days: int,
+        feature_windows: Sequence[int],
+        bgnbd_features: bool,
+        min_orders: int,
+        active_within_days: int | None,
+        risk_thresholds: tuple[float, float],
+        top_reasons: int,
+        cancellation_prefixes: Sequence[str] = ("C",),
+        trained_as_of: str | None = None,
+    ) -> None:
+        self.model = model
+        self.window_days = int(window_days)
+        self.feature_windows = tuple(int(w) for w in feature_windows)
+        self.bgnbd_features = bool(bgnbd_features)
+        self.min_orders = int(min_orders)
+        self.active_within_days = None if active_within_days is None else int(active_within_days)
+        self.risk_thresholds = (float(risk_thresholds[0]), float(risk_thresholds[1]))
+        self.top_reasons = int(top_reasons)
+        self.cancellation_prefixes = tuple(cancellation_prefixes)
+        self.trained_as_of = trained_as_of
+
+    def __repr__(self) -> str:
+        return (
+            f"ChurnScorer(window_days={self.window_days}, features={self.model.n_features_in_}, "
+            f"trained_as_of={self.trained_as_of!r})"
+        )
+
+    @classmethod
+    def from_result(cls, result: ChurnResult) -> ChurnScorer:
+        """The scorer of a :func:`compute_churn` result (its fitted model and settings)."""
+        cfg = result.config
+        result.model._check_is_fitted()
+        return cls(
+            model=result.model,
+            window_days=cfg.window_days,
+            feature_windows=cfg.feature_windows,
+            bgnbd_features=cfg.bgnbd_features,
+            min_orders=cfg.min_orders,
+            active_within_days=cfg.active_within_days,
+            risk_thresholds=cfg.risk_thresholds,
+            top_reasons=cfg.top_reasons,
+            cancellation_prefixes=result.cancellation_prefixes,
+            trained_as_of=result.metrics.get("as_of"),
+        )
+
+    # ---- persistence ---------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        """The JSON state (what :meth:`save` writes beside the booster)."""
+        import lightgbm
+
+        m = self.model
+        return {
+            "format": self.FORMAT,
+            "kind": "crmkit churn scorer",
+            "lightgbm_version": lightgbm.__version__,
+            "trained_as_of": self.trained_as_of,
+            "features": {
+                "window_days": self.window_days,
+                "feature_windows": list(self.feature_windows),
+                "bgnbd_features": self.bgnbd_features,
+                "cancellation_prefixes": list(self.cancellation_prefixes),
+            },
+            "scored_customers": {
+                "min_orders": self.min_orders,
+                "active_within_days": self.active_within_days,
+            },
+            "model": {
+                "feature_names": [str(c) for c in m.feature_names_in_],
+                "categories": {k: list(v) for k, v in m.categories_.items()},
+                "best_iteration": int(m.best_iteration_),
+                "prior": {
+                    "used": bool(m.prior_used_),
+                    "feature": m.prior_feature,
+                    "fill": float(m.prior_fill_),
+                    "shift": float(m.prior_shift_),
+                },
+                "calibrator": m._calibrator.to_dict(),
+                "params": m.get_params(),
+            },
+            "risk_thresholds": list(self.risk_thresholds),
+            "risk_bands": list(RISK_BANDS),
+            "top_reasons": self.top_reasons,
+        }
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write ``churn_scorer.json`` and ``booster.txt`` into ``directory`` (created if
+        needed; the two files are replaced); returns the directory."""
+        from crmkit.models.churn import _jsonable
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(_jsonable(self.state()), indent=2, allow_nan=False)
+        booster = self.model.booster_.model_to_string(num_iteration=self.model.best_iteration_)
+        for name, content in ((self.STATE_FILE, text + "\n"), (self.BOOSTER_FILE, booster)):
+            tmp = d / f".{name}.tmp"
+            tmp.write_text(content, "utf-8")
+            os.replace(tmp, d / name)
+        return d
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> ChurnScorer:
+        """A scorer saved by :meth:`save`.
+
+        Raises
+        ------
+        DataContractError
+            A file is missing or not a churn scorer of a known format.
+        """
+        import lightgbm as lgb
+
+        from crmkit.models.churn import ChurnModel, _Calibrator
+
+        d = Path(directory)
+        paths = [d / cls.STATE_FILE, d / cls.BOOSTER_FILE]
+        missing = [p.name for p in paths if not p.is_file()]
+        if missing:
+            raise DataContractError(
+                f"{d} is not a saved churn scorer: {', '.join(missing)} missing",
+                rule="scorer_files",
+            )
+        try:
+            state = json.loads(paths[0].read_text("utf-8"))
+            fmt = state["format"]
+            feats, rule, ms = state["features"], state["scored_customers"], state["model"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DataContractError(
+                f"{paths[0]} is not a churn scorer state ({exc})", rule="scorer_files"
+            ) from None
+        if fmt != cls.FORMAT:
+            raise DataContractError(
+                f"{paths[0]} has format {fmt!r}; this crmkit reads format {cls.FORMAT}",
+                rule="scorer_files",
+            )
+        model = ChurnModel(**ms["params"])
+        model.booster_ = lgb.Booster(model_str=paths[1].read_text("utf-8"))
+        model.best_iteration_ = int(ms["best_iteration"])
+        model.feature_names_in_ = np.asarray(ms["feature_names"], dtype=object)
+        model.n_features_in_ = len(model.feature_names_in_)
+        model.categories_ = {k: list(v) for k, v in ms["categories"].items()}
+        prior = ms["prior"]
+        model.prior_used_ = bool(prior["used"])
+        model.prior_feature = prior["feature"]
+        model.prior_fill_ = float(prior["fill"])
+        model.prior_shift_ = float(prior["shift"])
+        model._calibrator = _Calibrator.from_dict(ms["calibrator"])
+        model.calibrator_ = model._calibrator.to_dict()
+        model.classes_ = np.array([0, 1])
+        model.dropped_features_ = []
+        return cls(
+            model=model,
+            window_days=feats["window_days"],
+            feature_windows=feats["feature_windows"],
+            bgnbd_features=feats["bgnbd_features"],
+            min_orders=rule["min_orders"],
+            active_within_days=rule["active_within_days"],
+            risk_thresholds=tuple(state["risk_thresholds"]),
+            top_reasons=state["top_reasons"],
+            cancellation_prefixes=feats["cancellation_prefixes"],
+            trained_as_of=state.get("trained_as_of"),
+        )
+
+    # ---- scoring -------------------------------------------------------------------------------
+
+    def required_columns(self) -> list[str]:
+        """Order-line columns :meth:`score` needs (the base contract plus the columns behind
+        the optional features the model uses)."""
+        used = set(self.model.feature_names_in_)
+        extra = [col for feat, col in _OPTIONAL_SOURCES.items() if feat in used]
+        return [*_BASE_LINE_COLUMNS, *extra]
+
+    def score(self, lines: pd.DataFrame, as_of: object) -> pd.DataFrame:
+        """Churn scores of the customers matching the scored-customer rule at ``as_of``.
+
+        Parameters
+        ----------
+        lines
+            Cleaned order lines (:func:`crmkit.data.clean.clean_lines` ``.lines``); only the
+            lines before the end of the ``as_of`` day are read.
+        as_of
+            The scoring date.
+
+        Returns
+        -------
+        DataFrame indexed by ``customer_id`` (sorted) with ``churn_probability`` (calibrated),
+        ``churn_risk_band`` (``low`` / ``medium`` / ``high``, ordered categorical) and
+        ``churn_reasons`` (the top reasons joined by ``"; "``, empty when none).
+
+        Raises
+        ------
+        DataContractError
+            Not a DataFrame, missing columns, no purchase line on or before ``as_of``, or no
+            customer matching the scored-customer rule.
+        """
+        from crmkit.data.clean import analysis_cutoff
+        from crmkit.models.churn import _cutoff_day, churn_features, select_customers
+
+        if not isinstance(lines, pd.DataFrame):
+            raise DataContractError(
+                f"expected a DataFrame of cleaned order lines, got {type(lines).__name__}",
+                rule="input_type",
+            )
+        need = self.required_columns()
+        missing = [c for c in need if c not in lines.columns]
+        if missing:
+            raise DataContractError(
+                f"order lines lack column(s) {missing} that the churn scorer needs "
+                f"(it needs {need})",
+                column=missing[0],
+                rule="required_column",
+                hint="pass cleaned lines: crmkit.data.clean.clean_lines(...).lines",
+            )
+        cut = _cutoff_day(as_of, "as_of")
+        ts = lines["order_ts"]
+        if isinstance(ts.dtype, pd.DatetimeTZDtype):
+            ts = ts.dt.tz_convert("UTC").dt.tz_localize(None)
+        before = ts < analysis_cutoff(cut)
+        purchases = before & (pd.to_numeric(lines["quantity"], errors="coerce") > 0)
+        if not bool(purchases.any()):
+            start = ts.min()
+            raise DataContractError(
+                f"as_of {cut.date()} is before every purchase line (the data start "
+                f"{'-' if pd.isna(start) else pd.Timestamp(start).date()}): no customer to score",
+                rule="empty_window",
+                hint="use an as_of on or after the first order date",
+            )
+        f = churn_features(
+            lines,
+            cut,
+            window_days=self.window_days,
+            windows=self.feature_windows,
+            cancellation_prefixes=self.cancellation_prefixes,
+            bgnbd=self.bgnbd_features,
+        )
+        f.attrs = {}
+        f = f[
+            select_customers(
+                f, min_orders=self.min_orders, active_within_days=self.active_within_days
+            )
+        ]
+        if f.empty:
+            raise DataContractError(
+                f"no customer matches the scored-customer rule at {cut.date()}",
+                rule="empty_window",
+            )
+        proba = self.model.predict_proba(f)[:, 1]
+        if self.top_reasons:
+            reasons = self.model.top_reasons(f, k=self.top_reasons).map("; ".join)
+        else:
+            reasons = pd.Series("", index=f.index)
+        return pd.DataFrame(
+            {
+                "churn_probability": proba,
+                "churn_risk_band": _risk_band(proba, self.risk_thresholds),
+                "churn_reasons": reasons.to_numpy(dtype=object),
+            },
+            index=pd.Index(f.index, name="customer_id"),
+        )

@@ -8,18 +8,20 @@ keys, wrong types and bad values raise :class:`~crmkit.errors.ConfigError` namin
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from crmkit.data.clean import CleaningConfig
 from crmkit.errors import ConfigError
+from crmkit.models.actions import NextBestActionConfig
 from crmkit.pipelines.basket import BasketConfig, RecommendConfig
+from crmkit.pipelines.churn import ChurnConfig
 from crmkit.pipelines.clv import ClvConfig
 from crmkit.pipelines.features import FeaturesConfig
 
-__all__ = ["DataConfig", "PipelineConfig", "load_config"]
+__all__ = ["DataConfig", "RegistryConfig", "ScoreConfig", "PipelineConfig", "load_config"]
 
 
 class DataConfig(BaseModel):
@@ -35,6 +37,53 @@ class DataConfig(BaseModel):
     names: list[str] | None = None
 
 
+class RegistryConfig(BaseModel):
+    """Where ``crmkit train`` registers its model and when it becomes the champion
+    (``registry:``).
+
+    Attributes
+    ----------
+    model_name
+        Registered model name.
+    alias
+        Alias given to a version whose gate metrics are no worse than the current holder's.
+    experiment
+        MLflow experiment of the runs.
+    tolerance
+        A gate metric may be this much worse than the champion's and still count as "no
+        worse" (0: strictly no worse).
+    gate_metrics
+        Metrics compared on the same evaluation data, all higher-is-better:
+        ``churn_roc_auc``, ``churn_pr_auc``, ``clv_purchases_corr`` (Pearson correlation of
+        predicted and actual holdout purchases), ``clv_purchases_neg_mae`` (minus the mean
+        absolute error of holdout purchases per customer).
+    holdout_days
+        Length of the evaluation window at the end of the data (the churn label window is
+        the churn section's ``window_days``).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model_name: str = "crmkit-customer-scorer"
+    alias: str = "champion"
+    experiment: str = "crmkit"
+    tolerance: float = Field(0.0, ge=0)
+    gate_metrics: list[
+        Literal["churn_roc_auc", "churn_pr_auc", "clv_purchases_corr", "clv_purchases_neg_mae"]
+    ] = ["churn_roc_auc", "churn_pr_auc", "clv_purchases_neg_mae"]
+    holdout_days: int = Field(90, ge=7)
+
+
+class ScoreConfig(BaseModel):
+    """Settings of ``crmkit score`` (``score:``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = "models:/crmkit-customer-scorer@champion"
+    format: Literal["parquet", "csv"] = "parquet"
+    recommendations: bool = True
+
+
 class PipelineConfig(BaseModel):
     """A whole pipeline config file."""
 
@@ -46,6 +95,10 @@ class PipelineConfig(BaseModel):
     clv: ClvConfig = ClvConfig()
     basket: BasketConfig = BasketConfig()
     recommend: RecommendConfig = RecommendConfig()
+    churn: ChurnConfig = ChurnConfig()
+    actions: NextBestActionConfig = NextBestActionConfig()
+    registry: RegistryConfig = RegistryConfig()
+    score: ScoreConfig = ScoreConfig()
 
 
 def _format_errors(exc: ValidationError, source: str) -> str:

@@ -1,0 +1,359 @@
+"""The customer scorer: every fitted component of a training run in one portable bundle, and
+the scoring of new order lines with it.
+
+A :class:`CustomerScorer` holds
+
+- the pipeline settings (features, CLV horizon and discounting, churn risk bands, the
+  recommendation and next-best-action rules, the cleaning rules applied to scoring input);
+- the CLV parameters (purchase model and Gamma-Gamma) fitted at the training date;
+- the churn scorer (:class:`crmkit.pipelines.churn.ChurnScorer`: LightGBM booster,
+  calibration, feature settings);
+- the recommender's product-level state (:meth:`crmkit.models.recommend.Recommender.save_state`);
+- the input contract (the canonical columns the model was trained on).
+
+It holds parameters and aggregates only: no customer id and no customer-level row (the
+bundle is what is registered in MLflow; ``tests/pipelines/test_train_score.py`` scans it).
+
+:meth:`CustomerScorer.score` turns cleaned order lines and an as-of date into the per-customer
+table (segment, RFM scores, P(alive), expected purchases, CLV, churn probability, risk band,
+reasons, next best action) and the ranked recommendation lists. Scoring refits nothing
+except the per-cutoff BG/NBD features of the churn model (see ``ChurnScorer``); RFM scores by
+quantile are recomputed on the scored population, as RFM scoring is defined.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from crmkit.errors import DataContractError
+
+__all__ = [
+    "CustomerScorer",
+    "ScoreOutput",
+    "BUNDLE_FORMAT",
+    "CUSTOMER_COLUMNS",
+    "REQUIRED_INPUT",
+]
+
+#: Version of the bundle layout written by :meth:`CustomerScorer.save`.
+BUNDLE_FORMAT = 1
+
+#: Columns scoring input must have (canonical names, see :mod:`crmkit.data.schema`).
+REQUIRED_INPUT = ("customer_id", "order_id", "order_ts", "product_id", "quantity", "unit_price")
+
+#: Columns of ``customers.parquet``, in order.
+CUSTOMER_COLUMNS = (
+    "customer_id",
+    "segment",
+    "r_score",
+    "f_score",
+    "m_score",
+    "frequency",
+    "recency",
+    "T",
+    "monetary_value",
+    "total_spend",
+    "p_alive",
+    "expected_purchases",
+    "expected_spend",
+    "clv",
+    "churn_probability",
+    "churn_risk_band",
+    "churn_reasons",
+    "next_best_action",
+    "action_value",
+    "action_product_id",
+)
+
+_NUMERIC_INPUT = ("quantity", "unit_price", "amount")
+
+
+@dataclass
+class ScoreOutput:
+    """What :meth:`CustomerScorer.score` produced.
+
+    Attributes
+    ----------
+    customers
+        One row per customer (columns :data:`CUSTOMER_COLUMNS`).
+    recommendations
+        ``customer_id, rank, product_id, kind, score, reason`` (and the recommender's extra
+        columns), ranked per customer.
+    as_of
+        The scoring date.
+    notes
+        Plain-words remarks (skipped parts, fallbacks).
+    """
+
+    customers: pd.DataFrame
+    recommendations: pd.DataFrame
+    as_of: pd.Timestamp
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """Top-line figures: customers scored, segment and action sizes, total CLV."""
+        c = self.customers
+        return {
+            "as_of": str(self.as_of.date()),
+            "customers": int(len(c)),
+            "segments": {str(k): int(v) for k, v in c["segment"].value_counts().items()},
+            "next_best_action": {
+                str(k): int(v) for k, v in c["next_best_action"].value_counts().items()
+            },
+            "clv_total": float(c["clv"].sum()),
+            "clv_mean": float(c["clv"].mean()) if len(c) else 0.0,
+            "expected_purchases_total": float(c["expected_purchases"].sum()),
+            "churn_high_risk": int((c["churn_risk_band"] == "high").sum()),
+            "recommendations": int(len(self.recommendations)),
+        }
+
+
+def _check_input(lines: pd.DataFrame, trained_columns: dict[str, str]) -> None:
+    """The scoring input has the columns and kinds of types the model was trained on."""
+    if not isinstance(lines, pd.DataFrame):
+        raise DataContractError(
+            f"scoring input must be a DataFrame of order lines, got {type(lines).__name__}",
+            rule="input_type",
+        )
+    need = [c for c in REQUIRED_INPUT if c in trained_columns]
+    missing = [c for c in need if c not in lines.columns]
+    if missing:
+        raise DataContractError(
+            f"scoring input lacks the column(s) {missing} the model was trained with "
+            f"(trained on {sorted(trained_columns)})",
+            column=missing[0],
+            rule="missing_column",
+        )
+    for col in _NUMERIC_INPUT:
+        if col in lines.columns and not pd.api.types.is_numeric_dtype(lines[col]):
+            raise DataContractError(
+                f"column {col!r} must be numeric (the model was trained on numbers), got "
+                f"{lines[col].dtype}",
+                column=col,
+                rule="wrong_type",
+            )
+    if not pd.api.types.is_datetime64_any_dtype(lines["order_ts"]):
+        raise DataContractError(
+            f"column 'order_ts' must hold timestamps, got {lines['order_ts'].dtype}",
+            column="order_ts",
+            rule="wrong_type",
+        )
+
+
+class CustomerScorer:
+    """Every fitted component of a training run; scores order lines (see the module
+    docstring).
+
+    Parameters
+    ----------
+    config
+        The pipeline settings (:class:`crmkit.pipelines.config.PipelineConfig`).
+    clv
+        ``{"model": name, "unit": "W", "params": {...}, "gamma_gamma": {...}}``: the fitted
+        CLV parameters.
+    churn
+        A :class:`crmkit.pipelines.churn.ChurnScorer` (``None``: no churn scores).
+    recommender
+        A fitted or state-loaded :class:`crmkit.models.recommend.Recommender` (``None``: no
+        recommendations).
+    trained_as_of
+        The training date.
+    input_columns
+        ``{column: dtype}`` of the cleaned training lines.
+    metrics
+        The gate metrics measured at training.
+    """
+
+    def __init__(
+        self,
+        config: Any,
+        clv: dict[str, Any],
+        churn: Any,
+        recommender: Any,
+        trained_as_of: pd.Timestamp,
+        input_columns: dict[str, str],
+        metrics: dict[str, float] | None = None,
+    ) -> None:
+        self.config = config
+        self.clv = clv
+        self.churn = churn
+        self.recommender = recommender
+        self.trained_as_of = pd.Timestamp(trained_as_of)
+        self.input_columns = dict(input_columns)
+        self.metrics = dict(metrics or {})
+
+    # -- persistence ---------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the bundle into the folder ``path`` (created): ``scorer.json``, ``churn/``,
+        ``recommender/``."""
+        p = Path(path)
+        p.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "format": BUNDLE_FORMAT,
+            "trained_as_of": str(self.trained_as_of.date()),
+            "config": self.config.model_dump(mode="json"),
+            "clv": self.clv,
+            "input_columns": self.input_columns,
+            "metrics": self.metrics,
+            "churn": self.churn is not None,
+            "recommender": self.recommender is not None,
+        }
+        (p / "scorer.json").write_text(json.dumps(meta, indent=2) + "\n", "utf-8")
+        if self.churn is not None:
+            self.churn.save(p / "churn")
+        if self.recommender is not None:
+            self.recommender.save_state(p / "recommender")
+        return p
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> CustomerScorer:
+        """Read a bundle written by :meth:`save`."""
+        from crmkit.models.recommend import Recommender
+        from crmkit.pipelines.churn import ChurnScorer
+        from crmkit.pipelines.config import PipelineConfig
+
+        p = Path(path)
+        f = p / "scorer.json"
+        if not f.is_file():
+            raise DataContractError(
+                f"{p} is not a crmkit scorer bundle (no scorer.json)", rule="model_bundle"
+            )
+        meta = json.loads(f.read_text("utf-8"))
+        if meta.get("format") != BUNDLE_FORMAT:
+            raise DataContractError(
+                f"scorer bundle format {meta.get('format')!r} is not supported by this crmkit "
+                f"(expects {BUNDLE_FORMAT}); retrain with `crmkit train`",
+                rule="model_bundle",
+            )
+        return cls(
+            config=PipelineConfig(**meta["config"]),
+            clv=meta["clv"],
+            churn=ChurnScorer.load(p / "churn") if meta["churn"] else None,
+            recommender=Recommender.load_state(p / "recommender") if meta["recommender"] else None,
+            trained_as_of=pd.Timestamp(meta["trained_as_of"]),
+            input_columns=meta["input_columns"],
+            metrics=meta.get("metrics", {}),
+        )
+
+    # -- CLV -----------------------------------------------------------------------------------
+    def clv_models(self) -> tuple[Any, Any]:
+        """The purchase and spend models with the stored parameters."""
+        from crmkit.models.clv import GammaGamma
+        from crmkit.models.clv_validation import MODELS
+
+        cfg = self.config.clv
+        purchase = MODELS[self.clv["model"]].from_params(
+            self.clv["params"], penalizer=cfg.penalizer
+        )
+        spend = GammaGamma.from_params(self.clv["gamma_gamma"], penalizer=cfg.penalizer)
+        return purchase, spend
+
+    def clv_scores(self, lines: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
+        """``p_alive, expected_purchases, expected_spend, clv`` per customer at ``as_of``."""
+        from crmkit.features.rfm import UNIT_DAYS, rfm_summary
+        from crmkit.models.clv_value import customer_lifetime_value
+
+        cfg = self.config.clv
+        purchase, spend = self.clv_models()
+        summary = rfm_summary(lines, as_of, unit=self.clv["unit"])
+        value = customer_lifetime_value(
+            purchase,
+            spend,
+            summary,
+            unit_days=UNIT_DAYS[self.clv["unit"]],
+            horizon_periods=cfg.horizon_periods,
+            period_days=cfg.period_days,
+            discount_rate=cfg.discount_rate,
+            margin=cfg.margin,
+            n_draws=0,
+        )
+        with np.errstate(all="ignore"):
+            p_alive = purchase.conditional_probability_alive(summary)
+        out = pd.DataFrame({"p_alive": np.asarray(p_alive, dtype=np.float64)}, index=summary.index)
+        return out.join(value.customers[["expected_purchases", "expected_spend", "clv"]])
+
+    # -- scoring -------------------------------------------------------------------------------
+    def score(
+        self,
+        lines: pd.DataFrame,
+        as_of: object | None = None,
+        *,
+        progress: Any = None,
+    ) -> ScoreOutput:
+        """Score every customer with a purchase on or before ``as_of`` (default: the last
+        day of ``lines``) from cleaned order lines.
+
+        Parameters
+        ----------
+        lines
+            Cleaned order lines (:func:`crmkit.data.clean.clean_lines`).
+        as_of
+            Scoring date; only lines up to the end of that day are used.
+        progress
+            Optional ``callable(str)`` told about each step.
+        """
+        from crmkit.models.actions import assign_next_best_action
+        from crmkit.models.recommend import empty_recommendations
+        from crmkit.pipelines.features import customer_table, default_as_of
+
+        def say(msg: str) -> None:
+            if progress is not None:
+                progress(msg)
+
+        _check_input(lines, self.input_columns)
+        when = pd.Timestamp(as_of).normalize() if as_of is not None else default_as_of(lines)
+        first = lines["order_ts"].min()
+        if len(lines) == 0 or first > when + pd.Timedelta(days=1):
+            raise DataContractError(
+                f"no order lines on or before the scoring date {when.date()}"
+                + (f" (the data starts {first.date()})" if len(lines) else ""),
+                column="order_ts",
+                rule="empty_window",
+            )
+        notes: list[str] = []
+        prefixes = tuple(self.config.cleaning.cancellation_prefixes)
+        say("features: RFM summary, scores, segments, behaviour")
+        table = customer_table(lines, when, self.config.features, cancellation_prefixes=prefixes)
+        say("CLV: P(alive), expected purchases, discounted value")
+        clv = self.clv_scores(lines, when)
+        customers = table.join(clv, how="left")
+        if self.churn is not None:
+            say("churn: features and LightGBM probabilities")
+            churn = self.churn.score(lines, when)
+            customers = customers.join(
+                churn[["churn_probability", "churn_risk_band", "churn_reasons"]], how="left"
+            )
+            unscored = int(customers["churn_probability"].isna().sum())
+            if unscored:
+                notes.append(
+                    f"{unscored:,} customers are outside the churn model's scored-customer rule "
+                    "and have no churn probability"
+                )
+        else:
+            customers["churn_probability"] = np.nan
+            customers["churn_risk_band"] = pd.NA
+            customers["churn_reasons"] = ""
+            notes.append("no churn model in this bundle")
+        recs = empty_recommendations()
+        if self.recommender is not None:
+            say("recommendations: ranked lists per customer")
+            scores = customers[["p_alive", "clv"]]
+            recs = self.recommender.recommend_for(lines, when, customer_scores=scores)
+        customers.index.name = "customer_id"
+        say("next best action")
+        acts = assign_next_best_action(customers.reset_index(), recs, self.config.actions)
+        acts = acts.set_index("customer_id") if "customer_id" in acts.columns else acts
+        customers = customers.join(
+            acts[["next_best_action", "action_value", "action_product_id"]], how="left"
+        )
+        if "total_spend" not in customers.columns:
+            customers["total_spend"] = np.nan
+        out = customers.reset_index()[list(CUSTOMER_COLUMNS)]
+        return ScoreOutput(out, recs.reset_index(drop=True), when, notes)

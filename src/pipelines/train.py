@@ -1,0 +1,509 @@
+"""``crmkit train``: the whole training job as one MLflow parent run.
+
+Nested runs, in data-flow order:
+
+1. ``validate`` - load, check and clean the file; the input data set is logged with
+   ``mlflow.data`` (source, digest, schema, row count - no rows), the data-quality report as
+   ``quality_report.json`` and per-rule counts as metrics;
+2. ``features`` - RFM summary, scores, segments, behavioural features and retention KPIs at
+   the as-of date (segment table, KPIs and plots);
+3. ``clv`` - BG/NBD (or the configured purchase model) and Gamma-Gamma at the as-of date;
+4. ``churn`` - the LightGBM churn model on rolling cutoffs, calibrated, with baselines;
+5. ``basket`` - cross-sell rules, up-sell pairs and purchase-probability calibration of the
+   recommender (product-level state only).
+
+The parent run then bundles every fitted component into one pyfunc model
+(:mod:`crmkit.pipelines.scorer_model`, logged as models-from-code with a signature and a
+synthetic input example), registers it as ``registry.model_name`` and runs the **champion
+gate**: challenger and current champion are evaluated on the same data - churn ROC-AUC /
+PR-AUC at ``as_of - churn.window_days`` (labels from the window up to the as-of date) and
+CLV holdout purchase error over the last ``registry.holdout_days`` - and the challenger gets
+the alias only when no gate metric is worse than the champion's by more than
+``registry.tolerance``. The decision and both sets of numbers are printed, logged as
+``registry/gate.json`` and ``gate.*`` metrics, and tagged on the model version.
+
+Caveat of the gate: the challenger was fitted on data that includes the evaluation windows
+(as the champion may have been), so the numbers compare models, they are not unbiased
+estimates of future accuracy; the stages' own held-out metrics are logged in their runs.
+
+Data protection: only parameters, aggregates and plots are logged - never customer rows or
+customer ids (tested by scanning every artifact).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from crmkit.errors import DataContractError
+
+__all__ = ["TrainResult", "run_train", "gate_metrics", "synthetic_input_example"]
+
+
+@dataclass
+class TrainResult:
+    """What :func:`run_train` did."""
+
+    run_id: str
+    experiment_id: str
+    as_of: pd.Timestamp
+    scorer: Any
+    model_name: str
+    model_version: str | None
+    promoted: bool
+    gate: dict[str, Any]
+    stage_runs: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    quality: Any = None  # the QualityReport of the training data
+    segments: pd.DataFrame | None = None  # segment summary at the training date
+
+
+def synthetic_input_example(
+    columns: list[str] | None = None, n_customers: int = 60, seed: int = 7
+) -> pd.DataFrame:
+    """Made-up order lines (simulated, ids prefixed ``example-``) in ``columns`` (default:
+    the required ones) for the model's input example: it never holds a real customer id."""
+    from crmkit.data.simulate import simulate_transactions
+
+    sim = simulate_transactions(n_customers=n_customers, seed=seed, dirty_fraction=0.0)
+    lines = sim.lines.copy()
+    lines["customer_id"] = "example-" + lines["customer_id"].astype(str)
+    lines["order_id"] = "example-" + lines["order_id"].astype(str)
+    lines["quantity"] = lines["quantity"].astype("float64")
+    lines["amount"] = lines["quantity"] * lines["unit_price"]
+    want = columns or [
+        "customer_id",
+        "order_id",
+        "order_ts",
+        "product_id",
+        "quantity",
+        "unit_price",
+    ]
+    cols = [c for c in want if c in lines.columns]
+    return lines[cols].reset_index(drop=True)
+
+
+def gate_metrics(
+    scorer: Any, lines: pd.DataFrame, as_of: pd.Timestamp, config: Any
+) -> dict[str, float]:
+    """The gate's metrics of ``scorer`` on ``lines`` (all higher-is-better; see the module
+    docstring). Metrics that cannot be computed (too little history) are left out."""
+    from crmkit.features.rfm import UNIT_DAYS, calibration_holdout_summary
+    from crmkit.models.churn import churn_labels, classification_metrics
+
+    out: dict[str, float] = {}
+    window = int(config.churn.window_days)
+    cut = as_of - pd.Timedelta(days=window)
+    if scorer.churn is not None and lines["order_ts"].min() < cut:
+        try:
+            y = churn_labels(lines, cut, window)
+            p = scorer.churn.score(lines, cut)["churn_probability"]
+            both = pd.concat([y.rename("y"), p.rename("p")], axis=1, join="inner").dropna()
+            m = classification_metrics(both["y"], both["p"])
+            out["churn_roc_auc"] = float(m["roc_auc"])
+            out["churn_pr_auc"] = float(m["pr_auc"])
+        except DataContractError:
+            pass
+    hold = int(config.registry.holdout_days)
+    cal_end = as_of - pd.Timedelta(days=hold)
+    if lines["order_ts"].min() < cal_end:
+        unit = scorer.clv["unit"]
+        ch = calibration_holdout_summary(lines, cal_end, as_of, unit=unit)
+        summary = ch.rename(
+            columns={
+                "frequency_cal": "frequency",
+                "recency_cal": "recency",
+                "T_cal": "T",
+                "monetary_value_cal": "monetary_value",
+            }
+        )
+        purchase, _ = scorer.clv_models()
+        with np.errstate(all="ignore"):
+            pred = purchase.conditional_expected_number_of_purchases_up_to_time(
+                hold / UNIT_DAYS[unit], summary
+            ).to_numpy()
+        actual = ch["frequency_holdout"].to_numpy(dtype=np.float64)
+        out["clv_purchases_neg_mae"] = -float(np.mean(np.abs(pred - actual)))
+        if np.std(pred) > 0 and np.std(actual) > 0:
+            out["clv_purchases_corr"] = float(np.corrcoef(pred, actual)[0, 1])
+    return out
+
+
+def _decide(
+    challenger: dict[str, float],
+    champion: dict[str, float] | None,
+    names: list[str],
+    tolerance: float,
+) -> tuple[bool, list[dict[str, Any]], str]:
+    if champion is None:
+        return True, [], "no current champion: the new version becomes the champion"
+    rows = []
+    worse = []
+    for name in names:
+        a, b = challenger.get(name), champion.get(name)
+        if a is None or b is None:
+            rows.append({"metric": name, "challenger": a, "champion": b, "verdict": "n/a"})
+            continue
+        ok = a >= b - tolerance
+        rows.append(
+            {
+                "metric": name,
+                "challenger": a,
+                "champion": b,
+                "difference": a - b,
+                "verdict": "ok" if ok else "worse",
+            }
+        )
+        if not ok:
+            worse.append(name)
+    if not any(r["verdict"] != "n/a" for r in rows):
+        return False, rows, "no gate metric could be computed on this data: alias left as it is"
+    if worse:
+        return False, rows, f"worse than the champion on {', '.join(worse)}: alias left as it is"
+    return True, rows, "no gate metric is worse than the champion's: the new version is promoted"
+
+
+def _pip_requirements() -> list[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    reqs = []
+    for pkg in (
+        "mlflow",
+        "pandas",
+        "numpy",
+        "scipy",
+        "scikit-learn",
+        "lightgbm",
+        "pyarrow",
+        "pydantic",
+        "mlxtend",
+        "matplotlib",
+        "pyyaml",
+    ):
+        try:
+            reqs.append(f"{pkg}=={version(pkg)}")
+        except PackageNotFoundError:
+            pass
+    return reqs
+
+
+def run_train(
+    data: str | os.PathLike,
+    config: Any,
+    *,
+    as_of: object | None = None,
+    tracking_uri: str | None = None,
+    progress: Callable[[str], None] | None = None,
+    register: bool = True,
+) -> TrainResult:
+    """Run the training job (module docstring) on the transaction file ``data``.
+
+    Parameters
+    ----------
+    data
+        Transaction file (any format :func:`crmkit.data.io.load_transactions` reads).
+    config
+        :class:`crmkit.pipelines.config.PipelineConfig`.
+    as_of
+        Training date (default: the last day of the data).
+    tracking_uri
+        MLflow store (default :func:`crmkit.tracking.default_tracking_uri`).
+    progress
+        ``callable(str)`` told about each step.
+    register
+        Register the model and run the gate (``False``: log the model to the run only).
+    """
+    import mlflow
+
+    from crmkit.tracking import configure, log_figure, log_json, stage_run
+
+    def say(msg: str) -> None:
+        if progress is not None:
+            progress(msg)
+
+    exp_id = configure(tracking_uri, config.registry.experiment)
+    reg = config.registry
+    stage_runs: dict[str, str] = {}
+    notes: list[str] = []
+    with stage_run("train", tags={"crmkit.stage": "train", "crmkit.data": str(data)}) as parent:
+        mlflow.log_dict(config.model_dump(mode="json"), "config.json")
+        mlflow.log_params(_flat_params(config.model_dump(mode="json")))
+
+        # 1. validate
+        say("validate: loading and cleaning")
+        from crmkit.pipelines.validate import load_and_clean
+
+        with stage_run("validate", nested=True, tags={"crmkit.stage": "validate"}) as run:
+            stage_runs["validate"] = run.info.run_id
+            cleaned = load_and_clean(data, config)
+            lines = cleaned.lines
+            if lines.empty:
+                raise DataContractError(
+                    f"no order lines are left after cleaning {data}; the report:\n"
+                    + cleaned.report.render(),
+                    rule="no_rows_left",
+                )
+            _log_input(lines, data)
+            report = cleaned.report.to_dict()
+            log_json(report, "quality_report.json")
+            mlflow.log_metrics(_quality_metrics(report))
+        when = (
+            pd.Timestamp(as_of).normalize()
+            if as_of is not None
+            else lines["order_ts"].max().normalize()
+        )
+        mlflow.log_param("as_of", str(when.date()))
+        prefixes = tuple(config.cleaning.cancellation_prefixes)
+
+        # 2. features
+        say(f"features at {when.date()}")
+        from crmkit.features.kpis import plot_cohort_heatmap, plot_segment_sizes
+        from crmkit.pipelines.features import compute_features
+
+        with stage_run("features", nested=True, tags={"crmkit.stage": "features"}) as run:
+            stage_runs["features"] = run.info.run_id
+            feats = compute_features(lines, when, config.features, cancellation_prefixes=prefixes)
+            log_json(json.loads(json.dumps(feats.kpis, default=str)), "features/kpis.json")
+            seg = feats.segments.copy()
+            seg.index = seg.index.astype(str)
+            mlflow.log_text(seg.to_csv(), "features/segments.csv")
+            mlflow.log_metrics(
+                {f"segment.{k}": int(v) for k, v in feats.segments["customers"].items()}
+                | {"customers": len(feats.customers)}
+            )
+            log_figure(plot_cohort_heatmap(feats.cohorts).figure, "cohort_heatmap.png")
+            log_figure(plot_segment_sizes(feats.segments).figure, "segment_sizes.png")
+
+        # 3. CLV
+        say("clv: purchase and spend models")
+        from crmkit.pipelines.clv import log_clv_to_mlflow, run_clv
+
+        with stage_run("clv", nested=True, tags={"crmkit.stage": "clv"}) as run:
+            stage_runs["clv"] = run.info.run_id
+            with tempfile.TemporaryDirectory(prefix="crmkit-clv-") as tmp:
+                clv = run_clv(lines, when, Path(tmp) / "clv", config.clv)
+            log_clv_to_mlflow(clv)
+            notes += clv.warnings
+        clv_state = {
+            "model": clv.model_name,
+            "unit": config.clv.unit,
+            "params": {k: float(v) for k, v in clv.purchase_model.params_.items()},
+            "gamma_gamma": {k: float(v) for k, v in clv.spend_model.params_.items()},
+        }
+
+        # 4. churn
+        churn_scorer = None
+        from crmkit.pipelines.churn import ChurnScorer, compute_churn, log_churn_run
+
+        with stage_run("churn", nested=True, tags={"crmkit.stage": "churn"}) as run:
+            stage_runs["churn"] = run.info.run_id
+            churn = compute_churn(
+                lines, when, config.churn, progress=say, cancellation_prefixes=prefixes
+            )
+            log_churn_run(churn, log_model=False)
+            churn_scorer = ChurnScorer.from_result(churn)
+            notes += churn.notes
+
+        # 5. basket / recommender
+        recommender = None
+        has_products = "product_id" in lines.columns
+        with stage_run("basket", nested=True, tags={"crmkit.stage": "basket"}) as run:
+            stage_runs["basket"] = run.info.run_id
+            if not has_products:
+                notes.append("order-level data (no product ids): no recommendations")
+                mlflow.log_param("basket.skipped", "order-level data")
+            else:
+                say("basket: rules, up-sells, calibration")
+                from crmkit.models.recommend import Recommender
+
+                scores = clv.customers.set_index("customer_id")[["p_alive", "clv"]]
+                recommender = Recommender(**config.recommend.recommender_params())
+                recommender.fit(lines, when, customer_scores=scores)
+                mlflow.log_params(
+                    {f"recommend.{k}": str(v) for k, v in config.recommend.model_dump().items()}
+                )
+                mlflow.log_metrics(
+                    {
+                        "rules": len(recommender.rules_),
+                        "products": len(recommender.products_),
+                    }
+                    | {
+                        f"calibration.{r['kind']}.auc": r["auc"]
+                        for r in recommender.calibration_.to_dict(orient="records")
+                        if np.isfinite(r.get("auc", np.nan))
+                    }
+                )
+                log_json({"notes": list(recommender.notes_)}, "basket/notes.json")
+                notes += list(recommender.notes_)
+
+        # 6. bundle, register, gate
+        from crmkit.pipelines.scorer import CustomerScorer
+
+        scorer = CustomerScorer(
+            config=config,
+            clv=clv_state,
+            churn=churn_scorer,
+            recommender=recommender,
+            trained_as_of=when,
+            input_columns={c: str(t) for c, t in lines.dtypes.items()},
+        )
+        say("gate: evaluating the new model")
+        challenger = gate_metrics(scorer, lines, when, config)
+        scorer.metrics = challenger
+        mlflow.log_metrics({f"gate.challenger.{k}": v for k, v in challenger.items()})
+
+        say("logging the model")
+        version, promoted, gate = _log_and_register(scorer, lines, when, config, register, say)
+        log_json(gate, "registry/gate.json")
+        if gate.get("champion_metrics"):
+            mlflow.log_metrics(
+                {f"gate.champion.{k}": v for k, v in gate["champion_metrics"].items()}
+            )
+        mlflow.log_metric("gate.promoted", int(promoted))
+        mlflow.set_tag("crmkit.model_version", str(version))
+        log_json({"notes": notes}, "notes.json")
+        run_id = parent.info.run_id
+    return TrainResult(
+        run_id=run_id,
+        experiment_id=exp_id,
+        as_of=when,
+        scorer=scorer,
+        model_name=reg.model_name,
+        model_version=version,
+        promoted=promoted,
+        gate=gate,
+        stage_runs=stage_runs,
+        notes=notes,
+        quality=cleaned.report,
+        segments=feats.segments,
+    )
+
+
+def _log_and_register(
+    scorer: Any,
+    lines: pd.DataFrame,
+    when: pd.Timestamp,
+    config: Any,
+    register: bool,
+    say: Callable[[str], None],
+) -> tuple[str | None, bool, dict[str, Any]]:
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from crmkit.pipelines.score import ModelLoadError, load_scorer, score_frame
+
+    reg = config.registry
+    # The input example: made-up lines in the columns the model was trained on, except
+    # ``amount`` (derived from quantity x unit_price when a file lacks it: optional).
+    example = synthetic_input_example([c for c in scorer.input_columns if c != "amount"])
+    params = {"as_of": "", "output": "customers"}
+    try:
+        out_example = score_frame(scorer, example).customers
+    except Exception:  # the signature then has no output schema
+        out_example = None
+    with warnings.catch_warnings():
+        # integer output columns (ranks, scores) never hold missing values here
+        warnings.filterwarnings("ignore", message=".*Inferred schema contains integer")
+        sig = infer_signature(example, out_example, params=params)
+    if "amount" in scorer.input_columns:
+        from mlflow.types.schema import ColSpec, Schema
+
+        sig.inputs = Schema([*sig.inputs.inputs, ColSpec("double", "amount", required=False)])
+    code = Path(__file__).with_name("scorer_model.py")
+    with tempfile.TemporaryDirectory(prefix="crmkit-bundle-") as tmp:
+        bundle = scorer.save(Path(tmp) / "bundle")
+        with warnings.catch_warnings():
+            # MLflow suggests type hints on predict; the signature below is explicit instead.
+            warnings.filterwarnings("ignore", message=r"(?s).*type hint.*predict")
+            info = mlflow.pyfunc.log_model(
+                name="customer_scorer",
+                python_model=str(code),
+                artifacts={"bundle": str(bundle)},
+                signature=sig,
+                input_example=example.head(200),
+                registered_model_name=reg.model_name if register else None,
+                pip_requirements=_pip_requirements(),
+            )
+    gate: dict[str, Any] = {
+        "model_uri": info.model_uri,
+        "challenger_metrics": scorer.metrics,
+        "gate_metrics": list(reg.gate_metrics),
+        "tolerance": reg.tolerance,
+    }
+    if not register:
+        gate["decision"] = "not registered (register=False)"
+        return None, False, gate
+    version = str(info.registered_model_version)
+    client = mlflow.MlflowClient()
+    champion_metrics = None
+    champion_version = None
+    try:
+        champ, champ_info = load_scorer(f"models:/{reg.model_name}@{reg.alias}")
+        champion_version = champ_info["version"]
+        say(f"gate: evaluating the champion (version {champion_version})")
+        champion_metrics = gate_metrics(champ, lines, when, config)
+    except ModelLoadError as exc:
+        gate["champion_error"] = str(exc)
+    promoted, rows, decision = _decide(
+        scorer.metrics, champion_metrics, list(reg.gate_metrics), reg.tolerance
+    )
+    gate.update(
+        version=version,
+        champion_version=champion_version,
+        champion_metrics=champion_metrics,
+        comparison=rows,
+        promoted=promoted,
+        decision=decision,
+    )
+    if promoted:
+        client.set_registered_model_alias(reg.model_name, reg.alias, version)
+    client.set_model_version_tag(reg.model_name, version, "crmkit.gate", decision)
+    client.set_model_version_tag(reg.model_name, version, "crmkit.as_of", str(when.date()))
+    for k, v in scorer.metrics.items():
+        client.set_model_version_tag(reg.model_name, version, f"crmkit.metric.{k}", f"{v:.6f}")
+    return version, promoted, gate
+
+
+def _log_input(lines: pd.DataFrame, data: str | os.PathLike) -> None:
+    """Log the input data set (source, digest, schema, row count; no rows)."""
+    import warnings
+
+    import mlflow
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "source can be interpreted in ... ways"
+        ds = mlflow.data.from_pandas(lines, source=str(Path(data).resolve()), name=Path(data).name)
+    mlflow.log_input(ds, context="training")
+
+
+def _quality_metrics(report: dict[str, Any]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for k, v in (report.get("totals") or {}).items():
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            out[f"quality.{k}"] = float(v)
+    for row in report.get("rules", []) or []:
+        for key in ("rows_dropped", "rows_changed", "customers_lost"):
+            if isinstance(row.get(key), int | float):
+                out[f"quality.{row['rule']}.{key}"] = float(row[key])
+    return out
+
+
+def _flat_params(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flat_params(v, key + "."))
+        else:
+            text = json.dumps(v) if isinstance(v, list | dict | bool) or v is None else str(v)
+            out[key] = text[:6000]
+    return out

@@ -1,0 +1,341 @@
+"""The training job, the model registry and the batch-scoring entry point, end to end on real
+MLflow stores (a local SQLite store, and a real ``mlflow server`` process on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from crmkit.data.simulate import simulate_transactions
+from crmkit.errors import DataContractError
+from crmkit.pipelines.config import load_config
+from crmkit.pipelines.score import ModelLoadError, load_scorer, run_score, score_frame
+from crmkit.pipelines.scorer import CUSTOMER_COLUMNS
+from crmkit.pipelines.train import run_train
+
+#: Every customer id of the training data starts with this: no artifact may contain it.
+ID_PREFIX = "CUSTX-"
+
+ACTIONS = {
+    "win_back",
+    "replenishment",
+    "cross_sell",
+    "up_sell",
+    "loyalty_reward",
+    "referral_ask",
+    "none",
+}
+
+
+def _config(**extra):
+    overrides = {
+        "churn": {
+            "n_snapshots": 6,
+            "snapshot_every": 14,
+            "shap_sample": 200,
+            "lightgbm": {"n_estimators": 300, "early_stopping_rounds": 30},
+        },
+        "clv": {"n_draws": 0},
+        "recommend": {"top_n": 5, "min_calibration_candidates": 200},
+    }
+    for k, v in extra.items():
+        overrides.setdefault(k, {}).update(v)
+    return load_config(None, overrides=overrides)
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory) -> tuple[Path, str, pd.DataFrame]:
+    sim = simulate_transactions(n_customers=1500, seed=11, acquisition_weeks=60)
+    lines = sim.lines.copy()
+    lines["customer_id"] = ID_PREFIX + lines["customer_id"].astype(str)
+    path = tmp_path_factory.mktemp("train-data") / "orders.parquet"
+    lines.to_parquet(path, index=False)
+    return path, str(sim.truth.params.cutoff), lines
+
+
+@pytest.fixture(scope="module")
+def local_store(tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("mlruns-local")
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="module")
+def trained(sample, local_store):
+    """Two trainings on the same data and seed in one local store."""
+    path, as_of, _ = sample
+    cfg = _config()
+    first = run_train(path, cfg, as_of=as_of, tracking_uri=local_store)
+    second = run_train(path, cfg, as_of=as_of, tracking_uri=local_store)
+    return first, second
+
+
+@pytest.fixture(scope="module")
+def scored(trained, sample, local_store, tmp_path_factory):
+    import mlflow
+
+    path, as_of, _ = sample
+    mlflow.set_tracking_uri(local_store)
+    out = tmp_path_factory.mktemp("scores") / "out"
+    res = run_score(path, out, as_of=as_of, config=_config())
+    return res, out
+
+
+def test_parent_run_with_nested_stage_runs_and_logged_input(trained, local_store):
+    import mlflow
+
+    first, _ = trained
+    client = mlflow.MlflowClient(local_store)
+    run = client.get_run(first.run_id)
+    assert run.info.status == "FINISHED"
+    children = client.search_runs(
+        [first.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{first.run_id}'"
+    )
+    assert sorted(c.info.run_name for c in children) == [
+        "basket",
+        "churn",
+        "clv",
+        "features",
+        "validate",
+    ]
+    assert all(c.info.status == "FINISHED" for c in children)
+    validate = next(c for c in children if c.info.run_name == "validate")
+    inputs = validate.inputs.dataset_inputs
+    assert len(inputs) == 1 and inputs[0].dataset.digest
+    assert inputs[0].dataset.name == "orders.parquet"
+    churn = next(c for c in children if c.info.run_name == "churn")
+    assert 0.5 < churn.data.metrics["validation.lightgbm.roc_auc"] <= 1.0
+    assert run.data.params["as_of"] == first.as_of.strftime("%Y-%m-%d")
+    for k in ("churn_roc_auc", "churn_pr_auc", "clv_purchases_neg_mae"):
+        assert f"gate.challenger.{k}" in run.data.metrics
+
+
+def test_registered_with_champion_alias_and_gate(trained, local_store):
+    import mlflow
+
+    first, second = trained
+    client = mlflow.MlflowClient(local_store)
+    assert (first.model_version, second.model_version) == ("1", "2")
+    assert first.promoted and first.gate["decision"].startswith("no current champion")
+    # Same data and seed: identical metrics, so the second version is "no worse" and wins.
+    assert second.gate["champion_version"] == "1"
+    assert second.gate["champion_metrics"] == pytest.approx(first.scorer.metrics, abs=1e-12)
+    assert second.promoted
+    mv = client.get_model_version_by_alias("crmkit-customer-scorer", "champion")
+    assert str(mv.version) == "2"
+    assert mv.tags["crmkit.gate"].startswith("no gate metric is worse")
+    # A stricter gate on a worse challenger keeps the alias where it is.
+    from crmkit.pipelines.train import _decide
+
+    ok, rows, why = _decide(
+        {"churn_roc_auc": 0.70}, {"churn_roc_auc": 0.71}, ["churn_roc_auc"], 0.0
+    )
+    assert not ok and rows[0]["verdict"] == "worse" and "churn_roc_auc" in why
+    ok, _, _ = _decide({"churn_roc_auc": 0.705}, {"churn_roc_auc": 0.71}, ["churn_roc_auc"], 0.01)
+    assert ok
+
+
+def test_reproducible_training(trained):
+    first, second = trained
+    a, b = first.scorer, second.scorer
+    assert a.clv == b.clv
+    assert a.metrics == b.metrics
+    assert first.gate["challenger_metrics"] == second.gate["challenger_metrics"]
+
+
+def test_no_customer_id_in_any_artifact(trained, local_store, tmp_path):
+    """Data protection: runs, nested runs and the registered model hold no customer id."""
+    import mlflow
+
+    first, _ = trained
+    client = mlflow.MlflowClient(local_store)
+    runs = client.search_runs([first.experiment_id])
+    assert len(runs) >= 12
+    scanned = 0
+    for i, r in enumerate(runs):
+        dest = tmp_path / f"run{i}"
+        dest.mkdir()
+        local = mlflow.artifacts.download_artifacts(
+            run_id=r.info.run_id, dst_path=str(dest), tracking_uri=local_store
+        )
+        for f in Path(local).rglob("*"):
+            if f.is_file():
+                scanned += 1
+                assert ID_PREFIX.encode() not in f.read_bytes(), f"customer id found in {f}"
+        assert not any(ID_PREFIX in str(v) for v in r.data.params.values())
+    model_dir = mlflow.artifacts.download_artifacts(
+        artifact_uri="models:/crmkit-customer-scorer/1",
+        dst_path=str(tmp_path / "model"),
+        tracking_uri=local_store,
+    )
+    files = [f for f in Path(model_dir).rglob("*") if f.is_file()]
+    assert any(f.name == "scorer.json" for f in files)
+    for f in files:
+        scanned += 1
+        assert ID_PREFIX.encode() not in f.read_bytes(), f"customer id found in {f}"
+    assert scanned > 30
+
+
+def test_score_outputs(scored, sample):
+    res, out = scored
+    _, as_of, lines = sample
+    customers = pd.read_parquet(out / "customers.parquet")
+    assert list(customers.columns) == list(CUSTOMER_COLUMNS)
+    upto = lines[lines["order_ts"] < pd.Timestamp(as_of) + pd.Timedelta(days=1)]
+    assert customers["customer_id"].is_unique
+    assert len(customers) == upto["customer_id"].nunique()
+    assert set(customers["next_best_action"]) <= ACTIONS
+    assert customers["next_best_action"].notna().all()
+    assert customers["p_alive"].between(0, 1).all()
+    assert (customers["clv"] >= 0).all() and customers["clv"].sum() > 0
+    assert customers["churn_probability"].between(0, 1).all()
+    assert set(customers["churn_risk_band"]) <= {"low", "medium", "high"}
+    assert customers[["r_score", "f_score", "m_score"]].stack().between(1, 5).all()
+    recs = pd.read_parquet(out / "recommendations.parquet")
+    assert {"customer_id", "rank", "product_id", "kind", "score", "reason"} <= set(recs.columns)
+    assert len(recs) > 0 and set(recs["customer_id"]) <= set(customers["customer_id"])
+    index = json.loads((out / "audiences" / "index.json").read_text())
+    acted = customers[customers["next_best_action"] != "none"]
+    counts = acted["next_best_action"].astype(str).value_counts()
+    assert len(counts) >= 3
+    for action, n in counts.items():
+        aud = pd.read_parquet(out / "audiences" / f"{action}.parquet")
+        assert len(aud) == n
+        assert aud["action_value"].is_monotonic_decreasing
+    assert sum(v for v in _counts(index).values()) == len(acted)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["customers"] == len(customers)
+    assert summary["clv_total"] == pytest.approx(customers["clv"].sum())
+    assert (out / "quality_report.json").is_file()
+
+
+def _counts(index: dict) -> dict[str, int]:
+    return {k: v["rows"] for k, v in index["actions"].items()}
+
+
+def test_pyfunc_predict_equals_score(scored, sample, local_store):
+    import mlflow
+
+    res, _ = scored
+    _, as_of, lines = sample
+    mlflow.set_tracking_uri(local_store)
+    model = mlflow.pyfunc.load_model("models:/crmkit-customer-scorer@champion")
+    frame = lines.astype({"quantity": "float64", "unit_price": "float64"})
+    got = model.predict(frame, params={"as_of": as_of})
+    want = res.output.customers
+    pd.testing.assert_frame_equal(
+        got.reset_index(drop=True), want.reset_index(drop=True), check_dtype=False
+    )
+
+
+def test_scoring_errors_are_clear(trained, sample, local_store, tmp_path):
+    import mlflow
+
+    path, as_of, lines = sample
+    mlflow.set_tracking_uri(local_store)
+    with pytest.raises(
+        ModelLoadError, match="no version of 'crmkit-customer-scorer' with the alias 'gold'"
+    ):
+        load_scorer("models:/crmkit-customer-scorer@gold")
+    with pytest.raises(ModelLoadError, match="cannot load the model"):
+        load_scorer("models:/no-such-model/1")
+    scorer, _ = load_scorer("models:/crmkit-customer-scorer@champion")
+    with pytest.raises(DataContractError, match="product_id"):
+        score_frame(scorer, lines.drop(columns=["product_id"]), as_of)
+    # A failed run leaves an earlier output folder untouched.
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "customers.parquet").write_bytes(b"previous")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("customer_id,order_ts\nx,2020-01-01\n")
+    with pytest.raises(DataContractError):
+        run_score(bad, out, as_of=as_of, config=_config(), track=False)
+    assert (out / "customers.parquet").read_bytes() == b"previous"
+    assert sorted(p.name for p in out.iterdir()) == ["customers.parquet"]
+
+
+def test_train_against_a_real_mlflow_server(mlflow_server, sample, tmp_path):
+    import mlflow
+
+    path, as_of, _ = sample
+    cfg = _config(registry={"experiment": "crmkit-server-test"})
+    res = run_train(path, cfg, as_of=as_of, tracking_uri=mlflow_server)
+    client = mlflow.MlflowClient(mlflow_server)
+    run = client.get_run(res.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["gate.challenger.churn_roc_auc"] == pytest.approx(
+        res.scorer.metrics["churn_roc_auc"]
+    )
+    mv = client.get_model_version_by_alias("crmkit-customer-scorer", "champion")
+    assert str(mv.version) == res.model_version and mv.run_id == res.run_id
+    mlflow.set_tracking_uri(mlflow_server)
+    out = run_score(path, tmp_path / "scores", as_of=as_of, config=cfg)
+    assert out.model["version"] == res.model_version
+    assert len(out.output.customers) > 1000
+    score_run = client.get_run(out.run_id)
+    assert score_run.data.metrics["customers"] == len(out.output.customers)
+
+
+@pytest.mark.skipif(os.environ.get("CRMKIT_SKIP_SERVE") == "1", reason="serve test disabled")
+def test_rest_scoring_with_mlflow_models_serve(trained, scored, sample, local_store, tmp_path):
+    """`mlflow models serve` on 127.0.0.1 answers with the same scores as `crmkit score`."""
+    import sys
+    import urllib.request
+
+    from tests._procs import free_port, mlflow_exe, start_server, stop_server
+
+    res, _ = scored
+    _, as_of, lines = sample
+    port = free_port()
+    bindir = str(Path(sys.executable).parent)
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": local_store,
+        "PATH": bindir + os.pathsep + os.environ.get("PATH", ""),
+    }
+    cmd = [
+        mlflow_exe(),
+        "models",
+        "serve",
+        "-m",
+        "models:/crmkit-customer-scorer@champion",
+        "--env-manager",
+        "local",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    url = f"http://127.0.0.1:{port}"
+    proc = start_server(cmd, f"{url}/ping", tmp_path / "serve.log", env=env)
+    try:
+        frame = lines.astype({"quantity": "float64", "unit_price": "float64"})
+        frame["order_ts"] = frame["order_ts"].dt.strftime("%Y-%m-%dT%H:%M:%S")
+        body = {
+            "dataframe_split": json.loads(frame.to_json(orient="split", index=False)),
+            "params": {"as_of": as_of},
+        }
+        req = urllib.request.Request(
+            f"{url}/invocations",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=300) as r:
+            payload = json.loads(r.read())
+        got = pd.DataFrame(payload["predictions"])
+        want = res.output.customers
+        assert list(got["customer_id"]) == list(want["customer_id"])
+        for col in ("p_alive", "expected_purchases", "clv", "churn_probability"):
+            np.testing.assert_allclose(
+                got[col].to_numpy(float), want[col].to_numpy(float), rtol=1e-9
+            )
+        assert list(got["next_best_action"]) == list(want["next_best_action"])
+        assert list(got["segment"]) == list(want["segment"])
+    finally:
+        stop_server(proc)
