@@ -486,11 +486,11 @@ def churn(
 
 def _render_churn_metrics(block: dict) -> str:  # type: ignore[type-arg]
     cols = ("roc_auc", "pr_auc", "brier", "log_loss", "top_decile_lift")
-    rows = [f"  {'model':<16}" + "".join(f"{c:>16}" for c in cols)]
+    rows = [f"  {'model':<22}" + "".join(f"{c:>16}" for c in cols)]
     for name, vals in block.items():
         if isinstance(vals, dict) and "roc_auc" in vals:
             rows.append(
-                f"  {name:<16}"
+                f"  {name:<22}"
                 + "".join(
                     f"{vals.get(c):>16.4f}" if isinstance(vals.get(c), float | int) else f"{'':>16}"
                     for c in cols

@@ -286,3 +286,58 @@ def test_recommend_command(tmp_path):
     assert recs.groupby("customer_id")["rank"].max().max() <= 5
     assert not recs.duplicated(["customer_id", "product_id"]).any()
     assert (out / "metrics.json").exists()
+
+
+def test_churn_command_writes_metrics_for_the_model_and_every_baseline(tmp_path):
+    from crmkit.data.simulate import simulate_transactions
+
+    src = tmp_path / "lines.parquet"
+    simulate_transactions(n_customers=1500, seed=4, acquisition_weeks=60).lines.to_parquet(src)
+    cfg = tmp_path / "fast.yaml"
+    cfg.write_text(
+        "churn:\n  n_snapshots: 4\n  snapshot_every: 14\n  shap_sample: 100\n"
+        "  lightgbm: {n_estimators: 200, early_stopping_rounds: 20}\n"
+    )
+    out = tmp_path / "churn"
+    res = runner.invoke(
+        app,
+        [
+            "churn",
+            str(src),
+            "--as-of",
+            "2023-03-31",
+            "--window-days",
+            "60",
+            "--config",
+            str(cfg),
+            "--out",
+            str(out),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    m = json.loads((out / "metrics.json").read_text())
+    for name in ("lightgbm", "recency_rule", "rfm_score", "bgnbd_p_alive"):
+        for key in ("roc_auc", "pr_auc", "brier", "log_loss", "top_decile_lift"):
+            assert 0 < m[name][key] < 10, (name, key)
+    assert m["lightgbm"]["roc_auc"] > m["recency_rule"]["roc_auc"]
+    assert m["lightgbm"]["roc_auc"] > 0.75
+    customers = pd.read_parquet(out / "customers.parquet")
+    assert customers["churn_probability"].between(0, 1).all()
+    assert set(customers["risk_band"].astype(str)) <= {"low", "medium", "high"}
+    assert "test cutoff 2023-03-31 (window 60 days)" in res.output
+    # a cutoff whose label window is not in the data: scored, no metrics, and it says so
+    res = runner.invoke(
+        app,
+        [
+            "churn",
+            str(src),
+            "--config",
+            str(cfg),
+            "--out",
+            str(tmp_path / "late"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "no test metrics at " in res.output and "customers are scored" in res.output
+    assert json.loads((tmp_path / "late" / "metrics.json").read_text())["metrics"] is None
+    assert len(pd.read_parquet(tmp_path / "late" / "customers.parquet")) > 1000

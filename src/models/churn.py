@@ -58,6 +58,7 @@ __all__ = [
     "top_decile",
     "explain_reasons",
     "describe_feature",
+    "describe_column",
     "log_churn_model",
 ]
 
@@ -354,6 +355,11 @@ def _bgnbd_columns(window_days: int) -> tuple[str, str, str]:
     )
 
 
+def churn_season_windows(window_days: int) -> tuple[int, ...]:
+    """The season windows of :func:`churn_features` (default ``season_windows``)."""
+    return (30, min(int(window_days), 365))
+
+
 def churn_features(
     lines: pd.DataFrame,
     as_of: object,
@@ -363,8 +369,14 @@ def churn_features(
     season_windows: Sequence[int] | None = None,
     cancellation_prefixes: Sequence[str] = ("C",),
     bgnbd: bool = True,
+    behaviour: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Churn features of every customer with a purchase on or before ``as_of``.
+
+    ``behaviour``: the :func:`crmkit.features.behaviour.behaviour_features` frame of the same
+    lines, date, windows, season windows and cancellation prefixes, when the caller already
+    has it (batch scoring computes it once for the customer table and the churn model); it is
+    copied, not modified.
 
     Only lines with ``order_ts < analysis_cutoff(as_of)`` are read. Columns (definitions in
     ``docs/churn.md`` and ``docs/features_behaviour.md``):
@@ -388,14 +400,17 @@ def churn_features(
 
     window = _check_window(window_days)
     cut = _cutoff_day(as_of, "as_of")
-    seasons = tuple(season_windows) if season_windows is not None else (30, min(window, 365))
-    f = behaviour_features(
-        lines,
-        cut,
-        windows=tuple(windows),
-        season_windows=seasons,
-        cancellation_prefixes=tuple(cancellation_prefixes),
-    )
+    seasons = tuple(season_windows) if season_windows is not None else churn_season_windows(window)
+    if behaviour is not None:
+        f = behaviour.copy()
+    else:
+        f = behaviour_features(
+            lines,
+            cut,
+            windows=tuple(windows),
+            season_windows=seasons,
+            cancellation_prefixes=tuple(cancellation_prefixes),
+        )
     notes: list[str] = []
     tenure = f["tenure_days"].to_numpy(dtype=np.float64)
     f["active_span_days"] = f["tenure_days"] - f["recency_days"]
@@ -1321,25 +1336,195 @@ def describe_feature(name: str, row: Mapping[str, Any]) -> str:
     return f"{name} = {v}"
 
 
+_SIMPLE_NAMES = (
+    "tenure_days",
+    "active_span_days",
+    "n_purchase_days",
+    "n_orders",
+    "f_score",
+    "orders_per_month",
+    "total_items",
+    "total_spend",
+    "m_score",
+    "rfm_score",
+    "mean_basket_size",
+    "mean_basket_value",
+    "monetary_value",
+    "has_repeat",
+    "gap_mean_days",
+    "gap_std_days",
+    "distinct_products",
+    "distinct_categories",
+    "return_rate",
+    "cancellation_rate",
+    "share_spend_q4",
+    "share_orders_q4",
+    "bg_p_alive",
+    "window_q4_share",
+)
+_RECENCY_NAMES = ("recency_days", "days_overdue", "overdue_ratio", "r_score")
+
+
+def _floats(a: Any) -> np.ndarray:
+    return np.asarray(a, dtype=np.float64)
+
+
+def describe_column(name: str, col: Callable[[str], Any], n: int) -> list[str]:
+    """:func:`describe_feature` for ``n`` rows at once: ``col(c)`` returns the rows' values of
+    feature ``c`` as an array (``None`` when there is no such feature). Same text as
+    :func:`describe_feature` row by row (tested), with the branching done once per column."""
+    if name in _RECENCY_NAMES:
+        rec = col("recency_days")
+        rec = np.full(n, np.nan) if rec is None else _floats(rec)
+        hr, npd, gap = col("has_repeat"), col("n_purchase_days"), col("gap_mean_days")
+        once = np.zeros(n, dtype=bool)
+        if hr is not None:
+            once |= _floats(hr) == 0
+        if npd is not None:
+            once |= _floats(npd) < 2
+        gap = np.full(n, np.nan) if gap is None else _floats(gap)
+        return [
+            f"no purchase for {_n(r)} days (bought only once)"
+            if o
+            else f"no purchase for {_n(r)} days (usual gap {_n(g)})"
+            for r, o, g in zip(rec.tolist(), once.tolist(), gap.tolist())
+        ]
+    v = col(name)
+    if v is None:
+        return [f"{name} unknown"] * n
+    v = np.asarray(v, dtype=object) if not isinstance(v, np.ndarray) else v
+    numeric = v.dtype.kind in "biuf"
+    if not numeric:
+        # text / category values: row by row (few such columns)
+        out = []
+        for x in v.tolist():
+            if x is None or (isinstance(x, float) and math.isnan(x)) or x is pd.NA:
+                out.append(f"{name} unknown")
+            else:
+                out.append(describe_feature(name, {name: x}))
+        return out
+    fv = v.astype(np.float64)
+    unknown = np.isnan(fv)
+    texts = _describe_numeric(name, fv, col, n)
+    return [f"{name} unknown" if u else t for u, t in zip(unknown.tolist(), texts)]
+
+
+def _describe_numeric(name: str, v: np.ndarray, col: Callable[[str], Any], n: int) -> list[str]:
+    def other(c: str, default: np.ndarray | float) -> np.ndarray:
+        x = col(c)
+        if x is None:
+            return np.broadcast_to(np.asarray(default, dtype=np.float64), (n,))
+        return _floats(x)
+
+    vl = v.tolist()
+    m = re.fullmatch(r"(orders|items|spend)_(\d+)d", name)
+    if m:
+        what, w = m.groups()
+        none = (other(f"orders_{w}d", v) == 0).tolist()
+        if what == "spend":
+            return [
+                f"no purchases in the last {w} days"
+                if z
+                else f"spent only {_money(x)} in the last {w} days"
+                for z, x in zip(none, vl)
+            ]
+        noun = what[:-1]
+        return [
+            f"no purchases in the last {w} days"
+            if z
+            else f"only {_count(x, noun)} in the last {w} days"
+            for z, x in zip(none, vl)
+        ]
+    m = re.fullmatch(r"(orders|spend)_trend_(\d+)d", name)
+    if m:
+        what, w = m.groups()
+        label = "orders" if what == "orders" else "spend"
+        now = col(f"{what}_{w}d")
+        now_l = [None] * n if now is None else _floats(now).tolist()
+        out = []
+        for x, z in zip(vl, now_l):
+            if x <= -0.999:
+                out.append(f"no {label} in the last {w} days after some in the {w} days before")
+            elif x < 0:
+                out.append(f"{label} down in the last {w} days vs the {w} days before")
+            elif z is not None and z == 0:
+                out.append(f"no {label} in the last {w} days")
+            else:
+                out.append(f"{label} not growing in the last {w} days")
+        return out
+    m = re.fullmatch(r"(orders|bought)_same_(\d+)d_last_year", name)
+    if m:
+        w = m.group(2)
+        orders = other(f"orders_same_{w}d_last_year", v).tolist()
+        return [f"{_n(o)} orders in the same {w} days last year" for o in orders]
+    m = re.fullmatch(r"bg_expected_purchases_(\d+)d", name)
+    if m:
+        return [f"BG/NBD expects {x:.2f} purchases in the next {m.group(1)} days" for x in vl]
+    m = re.fullmatch(r"bg_p_no_purchase_(\d+)d", name)
+    if m:
+        return [f"BG/NBD: {x:.0%} chance of no purchase in the next {m.group(1)} days" for x in vl]
+    if name == "f_score":
+        orders = other("n_orders", np.nan).tolist()
+        return [f"only {_count(o, 'order')} so far (F score {_n(x)}/5)" for o, x in zip(orders, vl)]
+    if name == "m_score":
+        spend = other("total_spend", np.nan).tolist()
+        return [f"total spend {_money(t)} (M score {_n(x)}/5)" for t, x in zip(spend, vl)]
+    if name in _SIMPLE_NAMES:
+        return [describe_feature(name, {name: x}) for x in vl]
+    if name == "country":
+        return [f"based in {x}" for x in vl]
+    if name == "channel":
+        return [f"usually orders via {x}" for x in vl]
+    return [f"{name} = {x:.3g}" for x in vl]
+
+
 def explain_reasons(features: pd.DataFrame, contributions: pd.DataFrame, k: int = 3) -> pd.Series:
     """Per row, the ``k`` features with the largest positive contributions (SHAP values,
     pushing churn up), described by :func:`describe_feature`; fewer when fewer push up.
-    Related features (recency, days overdue, overdue ratio) are described once."""
+    Related features (recency, days overdue, overdue ratio) are described once.
+
+    Vectorised: each candidate feature is described for all rows that need it at once
+    (:func:`describe_column`), then each row keeps its first ``k`` distinct texts."""
     cols = [c for c in contributions.columns if c != "bias"]
     vals = contributions[cols].to_numpy(dtype=np.float64)
-    order = np.argsort(-vals, axis=1, kind="stable")[:, : max(3 * k, k)]
-    records = features.to_dict("records")
+    n = len(features)
+    width = max(3 * k, k)
+    order = np.argsort(-vals, axis=1, kind="stable")[:, :width]
+    top = np.take_along_axis(vals, order, axis=1)
+    positive = top > 0
+    texts = np.empty(order.shape, dtype=object)
+    arrays: dict[str, np.ndarray] = {}
+
+    def column(c: str) -> np.ndarray | None:
+        if c not in features.columns:
+            return None
+        if c not in arrays:
+            s = features[c]
+            arrays[c] = (
+                s.to_numpy(dtype=np.float64, na_value=np.nan)
+                if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)
+                else s.astype(object).to_numpy()
+            )
+        return arrays[c]
+
+    for j in np.unique(order[positive]) if n else []:
+        rows, pos = np.nonzero((order == j) & positive)
+
+        def col(c: str, rows: np.ndarray = rows) -> Any:
+            a = column(c)
+            return None if a is None else a[rows]
+
+        texts[rows, pos] = describe_column(cols[j], col, len(rows))
     out = []
-    for i, rec in enumerate(records):
-        seen: set[str] = set()
+    pos_l = positive.tolist()
+    txt_l = texts.tolist()
+    for i in range(n):
         reasons: list[str] = []
-        for j in order[i]:
-            if vals[i, j] <= 0 or len(reasons) >= k:
+        for p, t in zip(pos_l[i], txt_l[i]):
+            if not p or len(reasons) >= k:
                 break
-            text = describe_feature(cols[j], rec)
-            if text not in seen:
-                seen.add(text)
-                reasons.append(text)
+            if t not in reasons:
+                reasons.append(t)
         out.append(reasons)
     return pd.Series(out, index=features.index, name="top_reasons", dtype=object)
 

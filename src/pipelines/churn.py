@@ -5,7 +5,8 @@ date's label window - evaluate it against three baselines.
 :func:`run_churn` writes, all-or-nothing (:func:`crmkit.data.io.staged_output`):
 
 * ``metrics.json`` - test metrics of LightGBM and the baselines (``lightgbm``,
-  ``recency_rule``, ``rfm_score``, ``bgnbd``), metrics per split, counts, the cutoffs used, the
+  ``recency_rule``, ``rfm_score``, ``bgnbd`` - the better of ``bgnbd_p_alive``, scored by
+  1 - P(alive), and ``bgnbd_p_no_purchase``, P(no purchase in the window)), metrics per split, counts, the cutoffs used, the
   scored-customer rule and the risk bands; ``"metrics": null`` with a ``reason`` when the
   as-of date's label window is not (fully) in the data;
 * ``customers.parquet`` - ``customer_id, churn_probability, risk_band, top_reasons`` of every
@@ -471,6 +472,16 @@ def compute_churn(
         for name in ("lightgbm", *BASELINES):
             if name in test_metrics:
                 metrics[name] = test_metrics[name]
+        # the issue's names for the two BG/NBD scores ("bgnbd" is the better of them)
+        for key, name in (
+            ("bgnbd_p_alive", "bgnbd_p_dead"),
+            ("bgnbd_p_no_purchase", "bgnbd_p_no_purchase"),
+        ):
+            if name in test_metrics:
+                metrics[key] = {
+                    **test_metrics[name],
+                    "score": f"{name} (1 - P(alive))" if name == "bgnbd_p_dead" else name,
+                }
         metrics["bgnbd_score"] = variant
         metrics["beats_baselines"] = {
             m: all(
@@ -872,7 +883,21 @@ class ChurnScorer:
         extra = [col for feat, col in _OPTIONAL_SOURCES.items() if feat in used]
         return [*_BASE_LINE_COLUMNS, *extra]
 
-    def score(self, lines: pd.DataFrame, as_of: object) -> pd.DataFrame:
+    def behaviour_settings(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`crmkit.features.behaviour.behaviour_features`
+        behind this model's features (callers that already computed that frame can pass it
+        to :meth:`score`)."""
+        from crmkit.models.churn import churn_season_windows
+
+        return {
+            "windows": tuple(self.feature_windows),
+            "season_windows": churn_season_windows(self.window_days),
+            "cancellation_prefixes": tuple(self.cancellation_prefixes),
+        }
+
+    def score(
+        self, lines: pd.DataFrame, as_of: object, *, behaviour: pd.DataFrame | None = None
+    ) -> pd.DataFrame:
         """Churn scores of the customers matching the scored-customer rule at ``as_of``.
 
         Parameters
@@ -882,6 +907,9 @@ class ChurnScorer:
             lines before the end of the ``as_of`` day are read.
         as_of
             The scoring date.
+        behaviour
+            Optional precomputed behaviour features of ``lines`` at ``as_of`` with
+            :meth:`behaviour_settings` (saves recomputing them).
 
         Returns
         -------
@@ -934,6 +962,7 @@ class ChurnScorer:
             windows=self.feature_windows,
             cancellation_prefixes=self.cancellation_prefixes,
             bgnbd=self.bgnbd_features,
+            behaviour=behaviour,
         )
         f.attrs = {}
         f = f[

@@ -54,12 +54,25 @@ def default_as_of(lines: pd.DataFrame) -> pd.Timestamp:
     return lines["order_ts"].max().normalize()
 
 
+def behaviour_settings(
+    config: FeaturesConfig, cancellation_prefixes: tuple[str, ...] = ("C",)
+) -> dict[str, Any]:
+    """Keyword arguments of :func:`crmkit.features.behaviour.behaviour_features` used by
+    :func:`customer_table`."""
+    return {
+        "windows": tuple(config.windows),
+        "season_windows": tuple(config.season_windows),
+        "cancellation_prefixes": tuple(cancellation_prefixes),
+    }
+
+
 def customer_table(
     lines: pd.DataFrame,
     as_of: object,
     config: FeaturesConfig | None = None,
     *,
     cancellation_prefixes: tuple[str, ...] = ("C",),
+    behaviour: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Every feature of every customer who bought on or before ``as_of``, indexed by
     ``customer_id``: the RFM summary (``frequency, recency, T, monetary_value`` in
@@ -79,13 +92,10 @@ def customer_table(
         monetary=cfg.monetary,
     )
     scores["segment"] = assign_segments(scores)
-    behaviour = behaviour_features(
-        lines,
-        as_of,
-        windows=tuple(cfg.windows),
-        season_windows=tuple(cfg.season_windows),
-        cancellation_prefixes=cancellation_prefixes,
-    )
+    if behaviour is None:  # else: the caller computed it with behaviour_settings(...)
+        behaviour = behaviour_features(
+            lines, as_of, **behaviour_settings(cfg, cancellation_prefixes)
+        )
     table = summary.join(scores, how="left")
     table = table.join(behaviour.drop(columns=[c for c in behaviour if c in table]), how="left")
     table.index.name = "customer_id"

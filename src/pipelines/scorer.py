@@ -299,9 +299,10 @@ class CustomerScorer:
         progress
             Optional ``callable(str)`` told about each step.
         """
+        from crmkit.features.behaviour import behaviour_features
         from crmkit.models.actions import assign_next_best_action
         from crmkit.models.recommend import empty_recommendations
-        from crmkit.pipelines.features import customer_table, default_as_of
+        from crmkit.pipelines.features import behaviour_settings, customer_table, default_as_of
 
         def say(msg: str) -> None:
             if progress is not None:
@@ -320,13 +321,18 @@ class CustomerScorer:
         notes: list[str] = []
         prefixes = tuple(self.config.cleaning.cancellation_prefixes)
         say("features: RFM summary, scores, segments, behaviour")
-        table = customer_table(lines, when, self.config.features, cancellation_prefixes=prefixes)
+        settings = behaviour_settings(self.config.features, prefixes)
+        behaviour = behaviour_features(lines, when, **settings)
+        table = customer_table(
+            lines, when, self.config.features, cancellation_prefixes=prefixes, behaviour=behaviour
+        )
         say("CLV: P(alive), expected purchases, discounted value")
         clv = self.clv_scores(lines, when)
         customers = table.join(clv, how="left")
         if self.churn is not None:
             say("churn: features and LightGBM probabilities")
-            churn = self.churn.score(lines, when)
+            shared = behaviour if self.churn.behaviour_settings() == settings else None
+            churn = self.churn.score(lines, when, behaviour=shared)
             customers = customers.join(
                 churn[["churn_probability", "churn_risk_band", "churn_reasons"]], how="left"
             )

@@ -615,3 +615,40 @@ def test_online_retail_scorer_round_trip(or_result, or_lines, tmp_path):
     ids = set(or_lines["customer_id"].astype(str))
     strings = _json_strings(json.loads((tmp_path / ChurnScorer.STATE_FILE).read_text()))
     assert "United Kingdom" in strings and not strings & ids
+
+
+def _reasons_row_by_row(features, contributions, k=3):
+    """The reference: describe_feature on every row's candidates, one by one."""
+    cols = [c for c in contributions.columns if c != "bias"]
+    vals = contributions[cols].to_numpy(dtype=np.float64)
+    order = np.argsort(-vals, axis=1, kind="stable")[:, : 3 * k]
+    out = []
+    for i, rec in enumerate(features.to_dict("records")):
+        reasons = []
+        for j in order[i]:
+            if vals[i, j] <= 0 or len(reasons) >= k:
+                break
+            text = describe_feature(cols[j], rec)
+            if text not in reasons:
+                reasons.append(text)
+        out.append(reasons)
+    return out
+
+
+def test_vectorised_reasons_equal_the_row_by_row_descriptions(sim_result):
+    """explain_reasons (column-wise) gives exactly the texts of describe_feature per row, for
+    every feature, with real SHAP values and with random signed contributions that put every
+    feature (and missing values) into the top k."""
+    from crmkit.models.churn import explain_reasons
+
+    X = sim_result.test_features.head(1500).copy()
+    X.iloc[::7, X.columns.get_loc("gap_mean_days")] = np.nan
+    shap = sim_result.model.shap_values(X)
+    got = explain_reasons(X, shap, k=3)
+    assert got.tolist() == _reasons_row_by_row(X, shap, 3)
+    feats = [c for c in shap.columns if c != "bias"]
+    rng = np.random.default_rng(5)
+    rand = pd.DataFrame(rng.normal(size=(len(X), len(feats))), index=X.index, columns=feats)
+    got = explain_reasons(X, rand, k=5)
+    assert got.tolist() == _reasons_row_by_row(X, rand, 5)
+    assert got.map(len).max() == 5

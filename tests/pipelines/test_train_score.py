@@ -339,3 +339,23 @@ def test_rest_scoring_with_mlflow_models_serve(trained, scored, sample, local_st
         assert list(got["segment"]) == list(want["segment"])
     finally:
         stop_server(proc)
+
+
+def test_shared_behaviour_features_give_the_churn_scores_of_a_fresh_computation(
+    scored, sample, local_store
+):
+    """Batch scoring computes the behaviour features once for the customer table and the
+    churn model: the same churn scores as the churn scorer on its own."""
+    import mlflow
+
+    from crmkit.data.clean import clean_lines
+
+    mlflow.set_tracking_uri(local_store)
+    res, _ = scored
+    _, as_of, lines = sample
+    scorer, _ = load_scorer("models:/crmkit-customer-scorer@champion")
+    cleaned = clean_lines(lines, scorer.config.cleaning).lines
+    alone = scorer.churn.score(cleaned, as_of)
+    got = res.output.customers.set_index("customer_id").loc[alone.index]
+    np.testing.assert_array_equal(got["churn_probability"], alone["churn_probability"])
+    assert got["churn_reasons"].tolist() == alone["churn_reasons"].tolist()
