@@ -260,6 +260,20 @@ def _non_product_mask(products: pd.Series, cfg: CleaningConfig) -> np.ndarray:
     return mask
 
 
+def _exact_duplicates(df: pd.DataFrame) -> np.ndarray:
+    """``df.duplicated(keep="first")``, exactly, but fast on millions of lines: rows are
+    first bucketed by a 64-bit row hash, and only rows whose hash occurs more than once are
+    compared column by column."""
+    if len(df) < 100_000:
+        return df.duplicated(keep="first").to_numpy()
+    h = pd.util.hash_pandas_object(df, index=False).to_numpy()
+    cand = pd.Series(h).duplicated(keep=False).to_numpy()
+    out = np.zeros(len(df), dtype=bool)
+    if cand.any():
+        out[np.flatnonzero(cand)] = df[cand].duplicated(keep="first").to_numpy()
+    return out
+
+
 def clean_lines(
     data: RawLines | pd.DataFrame | str | Path,
     config: CleaningConfig | dict[str, Any] | None = None,
@@ -319,7 +333,7 @@ def clean_lines(
     )
     if has_products:
         masks["non_product_lines"] = _non_product_mask(df["product_id"], cfg)
-    masks["exact_duplicates"] = df.duplicated(keep="first").to_numpy()
+    masks["exact_duplicates"] = _exact_duplicates(df)
     if cfg.as_of is not None:
         cutoff = analysis_cutoff(cfg.as_of)
         masks["after_analysis_date"] = (df["order_ts"] >= cutoff).to_numpy()

@@ -474,14 +474,37 @@ def _log_and_register(
 
 
 def _log_input(lines: pd.DataFrame, data: str | os.PathLike) -> None:
-    """Log the input data set (source, digest, schema, row count; no rows)."""
-    import warnings
+    """Log the input data set (source, digest, schema, row count; no rows).
+
+    The digest is an MD5 of the row hashes of *every* cleaned line (MLflow's own looks at
+    the first 10,000 rows only) and the schema is inferred on the first 10,000 rows (MLflow
+    infers it element by element on the whole frame: 20 s per million lines)."""
+    import hashlib
 
     import mlflow
+    from mlflow.data.pandas_dataset import PandasDataset
+    from mlflow.types.utils import _infer_schema
 
+    class _Dataset(PandasDataset):
+        @property
+        def schema(self):  # noqa: ANN202
+            try:
+                return _infer_schema(self._df.head(10_000))
+            except Exception:  # as MLflow: no schema rather than no run
+                return None
+
+    md5 = hashlib.md5()
+    md5.update(pd.util.hash_pandas_object(lines, index=False).to_numpy().tobytes())
+    md5.update(f"{len(lines)}|{'|'.join(map(str, lines.columns))}".encode())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "source can be interpreted in ... ways"
-        ds = mlflow.data.from_pandas(lines, source=str(Path(data).resolve()), name=Path(data).name)
+        base = mlflow.data.from_pandas(
+            lines,
+            source=str(Path(data).resolve()),
+            name=Path(data).name,
+            digest=md5.hexdigest()[:8],
+        )
+    ds = _Dataset(df=lines, source=base.source, name=base.name, digest=base.digest)
     mlflow.log_input(ds, context="training")
 
 
