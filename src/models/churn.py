@@ -1248,6 +1248,35 @@ def _money(v: float) -> str:
     return f"{v:,.2f}"
 
 
+#: Row-independent descriptions of single-valued features (``describe_feature``).
+_SIMPLE_FORMATS: dict[str, Callable[[float], str]] = {
+    "tenure_days": lambda x: f"customer for {_n(x)} days",
+    "active_span_days": lambda x: f"{_n(x)} days between first and last purchase",
+    "n_purchase_days": lambda x: f"only {_count(x, 'purchase day')} so far",
+    "n_orders": lambda x: f"only {_count(x, 'order')} so far",
+    "orders_per_month": lambda x: f"{x:.2f} orders per month",
+    "total_items": lambda x: f"{_count(x, 'item')} bought in total",
+    "total_spend": lambda x: f"total spend {_money(x)}",
+    "rfm_score": lambda x: f"RFM score {_n(x)} of 15",
+    "mean_basket_size": lambda x: f"{x:.1f} items per order",
+    "mean_basket_value": lambda x: f"average order value {_money(x)}",
+    "monetary_value": lambda x: f"average repeat purchase value {_money(x)}",
+    "has_repeat": lambda x: "never bought twice" if x == 0 else "repeat buyer",
+    "gap_mean_days": lambda x: f"usually buys every {_n(x)} days",
+    "gap_std_days": lambda x: f"irregular buyer (gaps vary by {_n(x)} days)",
+    "distinct_products": lambda x: f"bought only {_count(x, 'different product')}",
+    "distinct_categories": lambda x: f"bought from only {_count(x, 'category')}".replace(
+        "categorys", "categories"
+    ),
+    "return_rate": lambda x: f"{x:.0%} of orders with returns",
+    "cancellation_rate": lambda x: f"{x:.0%} of orders cancelled",
+    "share_spend_q4": lambda x: f"{x:.0%} of spend in October-December",
+    "share_orders_q4": lambda x: f"{x:.0%} of orders in October-December",
+    "bg_p_alive": lambda x: f"BG/NBD: {x:.0%} chance still a customer",
+    "window_q4_share": lambda x: f"{x:.0%} of the coming days fall in October-December",
+}
+
+
 def describe_feature(name: str, row: Mapping[str, Any]) -> str:
     """One customer's value of a feature in words (``row`` maps feature names to values),
     e.g. ``"no purchase for 120 days (usual gap 35)"``."""
@@ -1291,36 +1320,13 @@ def describe_feature(name: str, row: Mapping[str, Any]) -> str:
     if m:
         return f"BG/NBD: {float(v):.0%} chance of no purchase in the next {m.group(1)} days"
     simple: dict[str, Callable[[Any], str]] = {
-        "tenure_days": lambda x: f"customer for {_n(x)} days",
-        "active_span_days": lambda x: f"{_n(x)} days between first and last purchase",
-        "n_purchase_days": lambda x: f"only {_count(x, 'purchase day')} so far",
-        "n_orders": lambda x: f"only {_count(x, 'order')} so far",
+        **_SIMPLE_FORMATS,
         "f_score": lambda x: (
             f"only {_count(float(row.get('n_orders', np.nan)), 'order')} so far (F score {_n(x)}/5)"
         ),
-        "orders_per_month": lambda x: f"{x:.2f} orders per month",
-        "total_items": lambda x: f"{_count(x, 'item')} bought in total",
-        "total_spend": lambda x: f"total spend {_money(x)}",
         "m_score": lambda x: (
             f"total spend {_money(row.get('total_spend', np.nan))} (M score {_n(x)}/5)"
         ),
-        "rfm_score": lambda x: f"RFM score {_n(x)} of 15",
-        "mean_basket_size": lambda x: f"{x:.1f} items per order",
-        "mean_basket_value": lambda x: f"average order value {_money(x)}",
-        "monetary_value": lambda x: f"average repeat purchase value {_money(x)}",
-        "has_repeat": lambda x: "never bought twice" if x == 0 else "repeat buyer",
-        "gap_mean_days": lambda x: f"usually buys every {_n(x)} days",
-        "gap_std_days": lambda x: f"irregular buyer (gaps vary by {_n(x)} days)",
-        "distinct_products": lambda x: f"bought only {_count(x, 'different product')}",
-        "distinct_categories": lambda x: f"bought from only {_count(x, 'category')}".replace(
-            "categorys", "categories"
-        ),
-        "return_rate": lambda x: f"{x:.0%} of orders with returns",
-        "cancellation_rate": lambda x: f"{x:.0%} of orders cancelled",
-        "share_spend_q4": lambda x: f"{x:.0%} of spend in October-December",
-        "share_orders_q4": lambda x: f"{x:.0%} of orders in October-December",
-        "bg_p_alive": lambda x: f"BG/NBD: {x:.0%} chance still a customer",
-        "window_q4_share": lambda x: f"{x:.0%} of the coming days fall in October-December",
     }
     if name in simple:
         try:
@@ -1336,32 +1342,6 @@ def describe_feature(name: str, row: Mapping[str, Any]) -> str:
     return f"{name} = {v}"
 
 
-_SIMPLE_NAMES = (
-    "tenure_days",
-    "active_span_days",
-    "n_purchase_days",
-    "n_orders",
-    "f_score",
-    "orders_per_month",
-    "total_items",
-    "total_spend",
-    "m_score",
-    "rfm_score",
-    "mean_basket_size",
-    "mean_basket_value",
-    "monetary_value",
-    "has_repeat",
-    "gap_mean_days",
-    "gap_std_days",
-    "distinct_products",
-    "distinct_categories",
-    "return_rate",
-    "cancellation_rate",
-    "share_spend_q4",
-    "share_orders_q4",
-    "bg_p_alive",
-    "window_q4_share",
-)
 _RECENCY_NAMES = ("recency_days", "days_overdue", "overdue_ratio", "r_score")
 
 
@@ -1469,8 +1449,9 @@ def _describe_numeric(name: str, v: np.ndarray, col: Callable[[str], Any], n: in
     if name == "m_score":
         spend = other("total_spend", np.nan).tolist()
         return [f"total spend {_money(t)} (M score {_n(x)}/5)" for t, x in zip(spend, vl)]
-    if name in _SIMPLE_NAMES:
-        return [describe_feature(name, {name: x}) for x in vl]
+    if name in _SIMPLE_FORMATS:
+        f = _SIMPLE_FORMATS[name]
+        return [f(x) for x in vl]
     if name == "country":
         return [f"based in {x}" for x in vl]
     if name == "channel":
