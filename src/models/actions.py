@@ -364,7 +364,8 @@ def _recommendation_arrays(
                 rows=_rows(miss, recs[col]),
                 hint=_HINT_RECS,
             )
-    kind = recs["kind"].astype("str").to_numpy(dtype=object)
+    kcode, kuniq = pd.factorize(recs["kind"].astype("str"))
+    kind = np.asarray(kuniq, dtype=object)[kcode]
     unknown = ~np.isin(kind, _KINDS)
     if unknown.any():
         raise DataContractError(
@@ -401,13 +402,23 @@ def _recommendation_arrays(
         )
     pos = ids.get_indexer(pd.Index(recs["customer_id"].astype("str").to_numpy(), dtype="str"))
     keep = pos >= 0
-    prod = recs["product_id"].astype("str").to_numpy(dtype=object)
+    # product ids as sorted codes (ordering ties by product id compares integers) plus
+    # the distinct ids, instead of millions of Python strings
+    pcode, puniq = pd.factorize(recs["product_id"].astype("str"), sort=True)
+    p_, r_ = pos[keep], rank[keep]
+    # recommend() output is grouped by customer and ranked 1..n without ties: then the best
+    # row of a customer is simply the first selected one (no sort needed in _best)
+    ordered = bool(
+        len(p_) < 2 or np.all((p_[1:] > p_[:-1]) | ((p_[1:] == p_[:-1]) & (r_[1:] > r_[:-1])))
+    )
     return {
-        "pos": pos[keep],
-        "rank": rank[keep],
+        "ordered": np.array(ordered),
+        "pos": p_,
+        "rank": r_,
         "score": score[keep],
         "kind": kind[keep],
-        "product": prod[keep],
+        "pcode": pcode[keep],
+        "puniq": np.asarray(puniq, dtype=object),
         "due": due[keep],
     }
 
@@ -419,9 +430,15 @@ def _best(rec: dict[str, np.ndarray], mask: np.ndarray, n: int) -> np.ndarray:
     sel = np.flatnonzero(mask)
     if not len(sel):
         return best
-    pcode = pd.factorize(rec["product"][sel], sort=True)[0]
-    order = np.lexsort((pcode, -rec["score"][sel], rec["rank"][sel], rec["pos"][sel]))
-    rows = sel[order]
+    if rec["ordered"]:
+        # grouped by customer, ranks strictly increasing: array order is the ranking order
+        # (checked in _recommendation_arrays), ties on rank cannot occur
+        rows = sel
+    else:
+        order = np.lexsort(
+            (rec["pcode"][sel], -rec["score"][sel], rec["rank"][sel], rec["pos"][sel])
+        )
+        rows = sel[order]
     c = rec["pos"][rows]
     first = np.r_[True, c[1:] != c[:-1]]
     best[c[first]] = rows[first]
@@ -572,8 +589,10 @@ def assign_next_best_action(
             prod_row[take] = rows_for[action][take]
         free &= ~take
 
-    products = np.r_[rec["product"], np.array([None], dtype=object)]
-    product = pd.Series(products[prod_row], dtype="str", index=customers.index)
+    has = prod_row >= 0
+    products = np.full(n, None, dtype=object)
+    products[has] = rec["puniq"][rec["pcode"][prod_row[has]]]
+    product = pd.Series(products, dtype="str", index=customers.index)
     out = customers.copy()
     out["next_best_action"] = pd.Categorical.from_codes(code, categories=list(ACTIONS))
     out["action_value"] = value

@@ -403,6 +403,15 @@ def test_random_table_matches_a_plain_python_reference(random_tables):
     np.testing.assert_allclose([got[c][1] for c in ref], [ref[c][1] for c in ref])
 
 
+def test_row_order_of_the_lists_does_not_matter(random_tables):
+    """Lists as recommend() writes them (grouped, ranked) take a fast path; shuffled lists
+    the general sort: both give the same actions, values and products."""
+    cust, recs = random_tables
+    ordered = assign_next_best_action(cust, recs)
+    shuffled = recs.sample(frac=1.0, random_state=3).reset_index(drop=True)
+    pd.testing.assert_frame_equal(assign_next_best_action(cust, shuffled), ordered)
+
+
 # --------------------------------------------------------------------------------------------
 # audiences
 
