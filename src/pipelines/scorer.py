@@ -74,6 +74,74 @@ CUSTOMER_COLUMNS = (
 
 _NUMERIC_INPUT = ("quantity", "unit_price", "amount")
 
+#: From this many order lines on, :meth:`CustomerScorer.score` builds the recommendation
+#: lists in a second process by default.
+PARALLEL_MIN_LINES = 1_000_000
+
+
+def _can_fork() -> bool:
+    import multiprocessing as mp
+
+    return "fork" in mp.get_all_start_methods()
+
+
+class _RecsChild:
+    """``recommender.recommend_for(...)`` in a forked process (the data are shared by
+    copy-on-write, not pickled); the lists come back through a Parquet file."""
+
+    def __init__(self, recommender: Any, lines: pd.DataFrame, when: Any, scores: Any) -> None:
+        import multiprocessing as mp
+        import tempfile
+
+        self._dir = tempfile.mkdtemp(prefix="crmkit-recs-")
+        self._path = os.path.join(self._dir, "recs.parquet")
+        self._err = os.path.join(self._dir, "error.txt")
+        ctx = mp.get_context("fork")
+        self._proc = ctx.Process(
+            target=_recs_child_main,
+            args=(recommender, lines, when, scores, self._path, self._err),
+            daemon=True,
+        )
+        self._proc.start()
+
+    def result(self) -> pd.DataFrame:
+        import shutil
+
+        try:
+            self._proc.join()
+            if self._proc.exitcode != 0:
+                msg = (
+                    Path(self._err).read_text("utf-8")
+                    if os.path.exists(self._err)
+                    else f"exit code {self._proc.exitcode}"
+                )
+                raise DataContractError(
+                    f"building the recommendation lists failed: {msg}", rule="recommendations"
+                )
+            return pd.read_parquet(self._path)
+        finally:
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+    def abort(self) -> None:
+        import shutil
+
+        if self._proc.is_alive():
+            self._proc.kill()
+        self._proc.join()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _recs_child_main(
+    recommender: Any, lines: pd.DataFrame, when: Any, scores: Any, path: str, err: str
+) -> None:
+    try:
+        recs = recommender.recommend_for(lines, when, customer_scores=scores)
+        recs.to_parquet(path, engine="pyarrow", index=False)
+    except BaseException as exc:  # reported to the parent, which raises
+        Path(err).write_text(f"{type(exc).__name__}: {exc}", "utf-8")
+        os._exit(1)
+    os._exit(0)
+
 
 @dataclass
 class ScoreOutput:
@@ -286,6 +354,7 @@ class CustomerScorer:
         as_of: object | None = None,
         *,
         progress: Any = None,
+        parallel: bool | None = None,
     ) -> ScoreOutput:
         """Score every customer with a purchase on or before ``as_of`` (default: the last
         day of ``lines``) from cleaned order lines.
@@ -298,6 +367,11 @@ class CustomerScorer:
             Scoring date; only lines up to the end of that day are used.
         progress
             Optional ``callable(str)`` told about each step.
+        parallel
+            Build the recommendation lists in a second (forked) process while this one
+            computes features and churn scores - the two longest steps, on two cores. Default:
+            from :data:`PARALLEL_MIN_LINES` lines on, where fork is available. Results are
+            identical either way (tested).
         """
         from crmkit.features.behaviour import behaviour_features
         from crmkit.models.actions import assign_next_best_action
@@ -320,38 +394,57 @@ class CustomerScorer:
             )
         notes: list[str] = []
         prefixes = tuple(self.config.cleaning.cancellation_prefixes)
-        say("features: RFM summary, scores, segments, behaviour")
-        settings = behaviour_settings(self.config.features, prefixes)
-        behaviour = behaviour_features(lines, when, **settings)
-        table = customer_table(
-            lines, when, self.config.features, cancellation_prefixes=prefixes, behaviour=behaviour
-        )
         say("CLV: P(alive), expected purchases, discounted value")
         clv = self.clv_scores(lines, when)
-        customers = table.join(clv, how="left")
-        if self.churn is not None:
-            say("churn: features and LightGBM probabilities")
-            shared = behaviour if self.churn.behaviour_settings() == settings else None
-            churn = self.churn.score(lines, when, behaviour=shared)
-            customers = customers.join(
-                churn[["churn_probability", "churn_risk_band", "churn_reasons"]], how="left"
-            )
-            unscored = int(customers["churn_probability"].isna().sum())
-            if unscored:
-                notes.append(
-                    f"{unscored:,} customers are outside the churn model's scored-customer rule "
-                    "and have no churn probability"
-                )
-        else:
-            customers["churn_probability"] = np.nan
-            customers["churn_risk_band"] = pd.NA
-            customers["churn_reasons"] = ""
-            notes.append("no churn model in this bundle")
+        scores = clv[["p_alive", "clv"]]
         recs = empty_recommendations()
+        child = None
         if self.recommender is not None:
-            say("recommendations: ranked lists per customer")
-            scores = customers[["p_alive", "clv"]]
-            recs = self.recommender.recommend_for(lines, when, customer_scores=scores)
+            if parallel is None:
+                parallel = len(lines) >= PARALLEL_MIN_LINES
+            if parallel and _can_fork():
+                say("recommendations: ranked lists per customer (in a second process)")
+                child = _RecsChild(self.recommender, lines, when, scores)
+            else:
+                say("recommendations: ranked lists per customer")
+                recs = self.recommender.recommend_for(lines, when, customer_scores=scores)
+        try:
+            say("features: RFM summary, scores, segments, behaviour")
+            settings = behaviour_settings(self.config.features, prefixes)
+            behaviour = behaviour_features(lines, when, **settings)
+            table = customer_table(
+                lines,
+                when,
+                self.config.features,
+                cancellation_prefixes=prefixes,
+                behaviour=behaviour,
+            )
+            customers = table.join(clv, how="left")
+            if self.churn is not None:
+                say("churn: features and LightGBM probabilities")
+                shared = behaviour if self.churn.behaviour_settings() == settings else None
+                churn = self.churn.score(lines, when, behaviour=shared)
+                customers = customers.join(
+                    churn[["churn_probability", "churn_risk_band", "churn_reasons"]], how="left"
+                )
+                unscored = int(customers["churn_probability"].isna().sum())
+                if unscored:
+                    notes.append(
+                        f"{unscored:,} customers are outside the churn model's scored-customer "
+                        "rule and have no churn probability"
+                    )
+            else:
+                customers["churn_probability"] = np.nan
+                customers["churn_risk_band"] = pd.NA
+                customers["churn_reasons"] = ""
+                notes.append("no churn model in this bundle")
+            if child is not None:
+                say("recommendations: waiting for the second process")
+                recs = child.result()
+                child = None
+        finally:
+            if child is not None:
+                child.abort()
         customers.index.name = "customer_id"
         say("next best action")
         acts = assign_next_best_action(customers.reset_index(), recs, self.config.actions)

@@ -359,3 +359,19 @@ def test_shared_behaviour_features_give_the_churn_scores_of_a_fresh_computation(
     got = res.output.customers.set_index("customer_id").loc[alone.index]
     np.testing.assert_array_equal(got["churn_probability"], alone["churn_probability"])
     assert got["churn_reasons"].tolist() == alone["churn_reasons"].tolist()
+
+
+def test_recommendations_in_a_second_process_are_identical(trained, sample):
+    """Large inputs build the lists in a forked process while features and churn run: the
+    outputs are the same as one process computes."""
+    from crmkit.data.clean import clean_lines
+
+    first, _ = trained
+    _, as_of, lines = sample
+    scorer = first.scorer
+    cleaned = clean_lines(lines, scorer.config.cleaning).lines
+    one = scorer.score(cleaned, as_of, parallel=False)
+    two = scorer.score(cleaned, as_of, parallel=True)
+    assert len(one.recommendations) > 1000
+    pd.testing.assert_frame_equal(two.recommendations, one.recommendations)
+    pd.testing.assert_frame_equal(two.customers, one.customers)
