@@ -23,6 +23,7 @@ __all__ = [
     "TrackingError",
     "default_tracking_uri",
     "configure",
+    "check_reachable",
     "stage_run",
     "log_figure",
     "log_json",
@@ -53,27 +54,87 @@ def _artifact_root(uri: str) -> str | None:
     return None  # a server or other store decides itself
 
 
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Raise :class:`TrackingError` at once when nothing answers at an ``http(s)://`` store.
+
+    MLflow's own HTTP client retries a refused connection with backoff for minutes; one short
+    ``GET <uri>/health`` tells a store that is down from one that answers. Any HTTP answer
+    (also 401/403/404 from an authenticating proxy) and any TLS error (a custom CA MLflow is
+    configured for) count as reachable and are left to MLflow. Other stores are not checked.
+    """
+    if not uri.lower().startswith(("http://", "https://")):
+        return
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
+            return
+    except urllib.error.HTTPError:
+        return  # something answered
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, ssl.SSLError):
+            return
+        reason: object = exc.reason
+    except ssl.SSLError:
+        return
+    except (OSError, ValueError) as exc:  # timeouts, resets, a malformed URI
+        reason = exc
+    raise TrackingError(
+        f"the MLflow tracking store {uri} cannot be used: nothing answers there ({reason}); "
+        "start the tracking server, or point MLFLOW_TRACKING_URI / --tracking-uri at a store "
+        "that is up"
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    msg = str(getattr(exc, "message", None) or exc)
+    # SQLAlchemy errors put the cause on a later line ("(sqlite3.OperationalError) ...")
+    lines = [ln.strip() for ln in msg.splitlines() if ln.strip()]
+    first = next((ln for ln in lines if ln.startswith("(") and "Error)" in ln), None)
+    return f"{type(exc).__name__}: {first or (lines[0] if lines else '')}"
+
+
+@contextmanager
+def _quiet_db_errors() -> Iterator[None]:
+    """MLflow's SQL stores log a full traceback before they raise a database error; the
+    error is re-raised here as a one-line :class:`TrackingError`, so keep the log quiet."""
+    import logging
+
+    log = logging.getLogger("mlflow.store.db.utils")
+    was = log.disabled
+    log.disabled = True
+    try:
+        yield
+    finally:
+        log.disabled = was
+
+
 def configure(tracking_uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT) -> str:
     """Point MLflow at ``tracking_uri`` (default :func:`default_tracking_uri`) and select (or
-    create) ``experiment``; returns the experiment id. Errors become :class:`TrackingError`."""
+    create) ``experiment``; returns the experiment id. Errors become :class:`TrackingError`;
+    an ``http(s)://`` store that does not answer fails within seconds
+    (:func:`check_reachable`)."""
     import mlflow
 
     uri = tracking_uri or default_tracking_uri()
+    check_reachable(uri)
     try:
         if uri.startswith("sqlite:///"):
             Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
         mlflow.set_tracking_uri(uri)
         client = mlflow.MlflowClient(uri)
-        exp = client.get_experiment_by_name(experiment)
-        if exp is None:
-            exp_id = client.create_experiment(experiment, artifact_location=_artifact_root(uri))
-        else:
-            exp_id = exp.experiment_id
-        mlflow.set_experiment(experiment_id=exp_id)
+        with _quiet_db_errors():
+            exp = client.get_experiment_by_name(experiment)
+            if exp is None:
+                exp_id = client.create_experiment(experiment, artifact_location=_artifact_root(uri))
+            else:
+                exp_id = exp.experiment_id
+            mlflow.set_experiment(experiment_id=exp_id)
     except Exception as exc:  # MlflowException, OSError, sqlalchemy errors, connection errors
         raise TrackingError(
-            f"the MLflow tracking store {uri} cannot be used: {type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}"
+            f"the MLflow tracking store {uri} cannot be used: {_describe(exc)}"
         ) from None
     return exp_id
 
@@ -83,10 +144,18 @@ def stage_run(
     name: str, *, nested: bool = False, tags: dict[str, str] | None = None
 ) -> Iterator[Any]:
     """Open an MLflow run for a pipeline stage; an exception inside marks it FAILED (and is
-    re-raised), success marks it FINISHED."""
+    re-raised), success marks it FINISHED. A store that cannot record the run (read-only,
+    unreachable) raises :class:`TrackingError` naming the store."""
     import mlflow
 
-    run = mlflow.start_run(run_name=name, nested=nested, tags=tags)
+    try:
+        with _quiet_db_errors():
+            run = mlflow.start_run(run_name=name, nested=nested, tags=tags)
+    except Exception as exc:  # MlflowException, sqlalchemy / connection errors
+        raise TrackingError(
+            f"the MLflow tracking store {mlflow.get_tracking_uri()} cannot record the "
+            f"{name!r} run: {_describe(exc)}"
+        ) from None
     try:
         yield run
     except BaseException:

@@ -44,6 +44,13 @@ def load_scorer(model_uri: str) -> tuple[Any, dict[str, Any]]:
     from mlflow.exceptions import MlflowException
 
     info: dict[str, Any] = {"uri": model_uri, "name": None, "version": None, "run_id": None}
+    if model_uri.startswith(("models:/", "runs:/")):
+        from crmkit.tracking import TrackingError, check_reachable
+
+        try:  # fail in seconds, not after MLflow's minutes of retries
+            check_reachable(mlflow.get_registry_uri())
+        except TrackingError as exc:
+            raise ModelLoadError(f"cannot load the model {model_uri}: {exc}") from None
     try:
         if model_uri.startswith("models:/"):
             ref = model_uri[len("models:/") :]
