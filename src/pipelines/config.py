@@ -81,7 +81,6 @@ class ScoreConfig(BaseModel):
 
     model: str = "models:/crmkit-customer-scorer@champion"
     format: Literal["parquet", "csv"] = "parquet"
-    recommendations: bool = True
 
 
 class PipelineConfig(BaseModel):
