@@ -59,3 +59,42 @@ def mlflow_server(tmp_path_factory):
     proc = start_server(cmd, f"{uri}/health", root / "server.log", cwd=root)
     yield uri
     stop_server(proc)
+
+
+_MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID")
+
+
+@pytest.fixture(autouse=True)
+def _isolate_mlflow_globals():
+    """Put MLflow's process-wide state back after every test.
+
+    ``mlflow.set_tracking_uri`` keeps a module global that wins over ``MLFLOW_TRACKING_URI``;
+    a test that points it at a closed port (tests/test_faults.py) or at a server that is
+    stopped later would otherwise decide where the next test in the same xdist worker looks
+    for its model."""
+    import os
+    import sys
+
+    saved_env = {k: os.environ.get(k) for k in _MLFLOW_ENV}
+    mods = {}
+    if "mlflow" in sys.modules:
+        import mlflow.tracking._model_registry.utils as reg
+        import mlflow.tracking._tracking_service.utils as trk
+        import mlflow.tracking.fluent as fluent
+
+        mods = {"trk": trk._tracking_uri, "reg": reg._registry_uri,
+                "exp": fluent._active_experiment_id}  # fmt: skip
+    yield
+    if "mlflow" in sys.modules:
+        import mlflow.tracking._model_registry.utils as reg
+        import mlflow.tracking._tracking_service.utils as trk
+        import mlflow.tracking.fluent as fluent
+
+        trk._tracking_uri = mods.get("trk")
+        reg._registry_uri = mods.get("reg")
+        fluent._active_experiment_id = mods.get("exp")
+    for k, v in saved_env.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
