@@ -706,6 +706,14 @@ def _balance_shift(y: np.ndarray) -> float:
     return float(np.log((len(y) - n1) / n1))
 
 
+def _set_init_score(data: Any, init_score: np.ndarray | None) -> None:
+    """Set (or clear, with ``None``) the init scores of a LightGBM Dataset, constructed or
+    not (``Dataset.set_init_score(None)`` leaves a constructed Dataset's scores in place)."""
+    data.set_init_score(init_score)
+    if init_score is None and data._handle is not None:  # constructed (no public flag)
+        data.set_field("init_score", None)
+
+
 def _balanced_weights(y: np.ndarray) -> np.ndarray:
     n1 = float(y.sum())
     n0 = float(len(y) - n1)
@@ -750,6 +758,10 @@ class ChurnModel:
         keeps the one with the better validation ROC-AUC; ``"always"`` / ``"never"``.
         Where the data follow the BG/NBD process the prior model matches BG/NBD, which the
         plain trees trail slightly; on real data the plain model usually wins.
+    prior_sample_rows
+        With ``prior="auto"`` and more training rows than this, the two variants are compared
+        on a seeded random sample of this many training rows (validated on all of ``X_val``)
+        and only the winner is trained on all rows: one full-size booster instead of two.
     search_trials
         ``0``: no search. ``k > 0``: a random search of ``k`` trials (the first the given
         parameters, the others drawn from :data:`SEARCH_SPACE`), each with early stopping;
@@ -815,6 +827,7 @@ class ChurnModel:
         calibration: Literal["sigmoid", "isotonic", "none"] = "sigmoid",
         prior_feature: str | None = None,
         prior: Literal["auto", "always", "never"] = "auto",
+        prior_sample_rows: int = 200_000,
         search_trials: int = 0,
         random_state: int = 0,
         n_jobs: int = 2,
@@ -839,6 +852,7 @@ class ChurnModel:
         self.calibration = calibration
         self.prior_feature = prior_feature
         self.prior = prior
+        self.prior_sample_rows = prior_sample_rows
         self.search_trials = search_trials
         self.random_state = random_state
         self.n_jobs = n_jobs
@@ -866,6 +880,7 @@ class ChurnModel:
         "calibration",
         "prior_feature",
         "prior",
+        "prior_sample_rows",
         "search_trials",
         "random_state",
         "n_jobs",
@@ -905,6 +920,10 @@ class ChurnModel:
             )
         if self.prior not in ("auto", "always", "never"):
             raise ValueError(f"prior must be 'auto', 'always' or 'never', got {self.prior!r}")
+        if not (isinstance(self.prior_sample_rows, int) and self.prior_sample_rows >= 1000):
+            raise ValueError(
+                f"prior_sample_rows must be an int >= 1000, got {self.prior_sample_rows!r}"
+            )
         if not (isinstance(self.search_trials, int) and self.search_trials >= 0):
             raise ValueError(f"search_trials must be an int >= 0, got {self.search_trials!r}")
 
@@ -1096,54 +1115,86 @@ class ChurnModel:
         self.prior_shift_ = _balance_shift(yt) if self.class_weight == "balanced" else 0.0
         val_shift = _balance_shift(yv) if self.class_weight == "balanced" else 0.0
 
-        def datasets(with_prior: bool) -> tuple[Any, Any]:
-            it = iv = None
-            if with_prior:
-                it = self._offset(Xt, True)
-                iv = self._offset(Xv, True) - self.prior_shift_ + val_shift
+        # the prior's starting scores (LightGBM init_score) of the training / validation rows
+        init_t = self._offset(Xt, True) if can_prior else None
+        init_v = self._offset(Xv, True) - self.prior_shift_ + val_shift if can_prior else None
+
+        def datasets(params: dict[str, Any]) -> tuple[Any, Any]:
             dtrain = lgb.Dataset(
                 Xt,
                 label=yt,
                 weight=w,
-                init_score=it,
                 categorical_feature=cat_cols,
                 free_raw_data=False,
+                params=params,
             )
             dval = lgb.Dataset(
-                Xv,
-                label=yv,
-                weight=wv,
-                init_score=iv,
-                categorical_feature=cat_cols,
-                reference=dtrain,
+                Xv, label=yv, weight=wv, categorical_feature=cat_cols, reference=dtrain
             )
             return dtrain, dval
+
+        def train(params: dict[str, Any], dtrain: Any, dval: Any, with_prior: bool) -> tuple:
+            # one binned Dataset serves both variants: only the init scores change
+            idx = dtrain.used_indices
+            it = init_t if with_prior and idx is None else None
+            if with_prior and idx is not None:
+                it = init_t[idx]  # type: ignore[index]
+            _set_init_score(dtrain, it)
+            _set_init_score(dval, init_v if with_prior else None)
+            booster, record = self._train(params, dtrain, dval)
+            raw_v = booster.predict(
+                Xv, raw_score=True, num_iteration=booster.best_iteration
+            ) + self._offset(Xv, with_prior)
+            rows = len(Xt) if idx is None else len(idx)
+            return float(roc_auc_score(yv, raw_v)), booster, record, rows
 
         trials: list[dict[str, Any]] = [{}]
         if self.search_trials > 1:
             rng = np.random.default_rng(self.random_state)
             for _ in range(self.search_trials - 1):
                 trials.append({k: v[int(rng.integers(len(v)))] for k, v in SEARCH_SPACE.items()})
+        # prior "auto" on many rows: the two variants are compared on a seeded subsample of
+        # the training rows (same validation set), and only the winner is trained on all rows
+        decide_on_sample = len(variants) == 2 and len(Xt) > self.prior_sample_rows
         results = []
         best = None
         for i, overrides in enumerate(trials):
             params = self._lgb_params(overrides)
             if any(constraints):
                 params["monotone_constraints"] = constraints
-            for with_prior in variants:
-                dtrain, dval = datasets(with_prior)
-                booster, record = self._train(params, dtrain, dval)
-                raw_v = booster.predict(
-                    Xv, raw_score=True, num_iteration=booster.best_iteration
-                ) + self._offset(Xv, with_prior)
-                auc = float(roc_auc_score(yv, raw_v))
+            dtrain, dval = datasets(params)
+            todo = [(v, dtrain) for v in variants]
+            if decide_on_sample:
+                rng_s = np.random.default_rng(self.random_state)
+                idx = np.sort(rng_s.choice(len(Xt), self.prior_sample_rows, replace=False))
+                dsub = dtrain.construct().subset(idx.astype(np.int32)).construct()
+                sample = []
+                for with_prior in variants:
+                    auc, sub_booster, _, rows = train(params, dsub, dval, with_prior)
+                    sample.append((auc, with_prior))
+                    results.append(
+                        {
+                            "trial": i,
+                            **overrides,
+                            "prior": with_prior,
+                            "train_rows": rows,
+                            "best_iteration": int(sub_booster.best_iteration),
+                            "validation_auc": auc,
+                            "stage": "prior decision (subsample)",
+                        }
+                    )
+                todo = [(max(sample, key=lambda t: t[0])[1], dtrain)]
+            for with_prior, data in todo:
+                auc, booster, record, rows = train(params, data, dval, with_prior)
                 results.append(
                     {
                         "trial": i,
                         **overrides,
                         "prior": with_prior,
+                        "train_rows": rows,
                         "best_iteration": int(booster.best_iteration),
                         "validation_auc": auc,
+                        "stage": "final",
                     }
                 )
                 if best is None or auc > best[0]:

@@ -5,10 +5,11 @@ date's label window - evaluate it against three baselines.
 :func:`run_churn` writes, all-or-nothing (:func:`crmkit.data.io.staged_output`):
 
 * ``metrics.json`` - test metrics of LightGBM and the baselines (``lightgbm``,
-  ``recency_rule``, ``rfm_score``, ``bgnbd`` - the better of ``bgnbd_p_alive``, scored by
-  1 - P(alive), and ``bgnbd_p_no_purchase``, P(no purchase in the window)), metrics per split, counts, the cutoffs used, the
-  scored-customer rule and the risk bands; ``"metrics": null`` with a ``reason`` when the
-  as-of date's label window is not (fully) in the data;
+  ``recency_rule``, ``rfm_score``, ``bgnbd`` - per metric the better of ``bgnbd_p_alive``,
+  scored by 1 - P(alive), and ``bgnbd_p_no_purchase``, P(no purchase in the window)), metrics
+  per split, counts, the cutoffs used, the scored-customer rule and the risk bands;
+  ``"metrics": null`` with a ``reason`` when the as-of date's label window is not (fully) in
+  the data or holds one class only;
 * ``customers.parquet`` - ``customer_id, churn_probability, risk_band, top_reasons`` of every
   scored customer at the as-of date;
 * plots: ``roc.png``, ``pr.png``, ``calibration.png``, ``lift.png``, ``importance.png``,
@@ -51,6 +52,17 @@ __all__ = [
 #: Names of the risk bands, lowest first.
 RISK_BANDS: tuple[str, str, str] = ("low", "medium", "high")
 BASELINES: tuple[str, ...] = ("recency_rule", "rfm_score", "bgnbd")
+#: The two BG/NBD scores behind the ``bgnbd`` baseline, the preferred one on ties first.
+BGNBD_SCORES: tuple[str, ...] = ("bgnbd_p_no_purchase", "bgnbd_p_dead")
+#: +1: higher is better, -1: lower is better.
+METRIC_DIRECTION: dict[str, int] = {
+    "roc_auc": 1,
+    "pr_auc": 1,
+    "brier": -1,
+    "log_loss": -1,
+    "top_decile_lift": 1,
+    "top_decile_capture": 1,
+}
 PLOT_FILES: tuple[str, ...] = (
     "roc.png",
     "pr.png",
@@ -219,6 +231,24 @@ class ChurnResult:
     config: ChurnConfig
     notes: list[str] = field(default_factory=list)
     cancellation_prefixes: tuple[str, ...] = ("C",)
+
+
+def _best_bgnbd(metrics: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The BG/NBD baseline: per metric, the better of ``bgnbd_p_no_purchase`` and
+    ``bgnbd_p_dead`` (1 - P(alive)) in ``metrics`` (higher ROC-AUC, PR-AUC, lift and
+    capture, lower Brier score and log loss; ties go to P(no purchase)); ``score`` names the
+    variant behind each metric. ``None`` when neither was computed."""
+    present = [n for n in BGNBD_SCORES if n in metrics]
+    if not present:
+        return None
+    out: dict[str, Any] = dict(metrics[present[0]])
+    score: dict[str, str] = {}
+    for m, sign in METRIC_DIRECTION.items():
+        pick = max(present, key=lambda n: sign * metrics[n][m])
+        out[m] = metrics[pick][m]
+        score[m] = pick
+    out["score"] = score
+    return out
 
 
 def _risk_band(p: np.ndarray, thresholds: tuple[float, float]) -> pd.Categorical:
@@ -426,12 +456,12 @@ def compute_churn(
         "notes": notes,
     }
 
-    def baseline_metrics(y_v: pd.Series, y_t: pd.Series) -> tuple[dict, dict, str | None]:
+    def baseline_metrics(y_v: pd.Series, y_t: pd.Series | None) -> tuple[dict, dict]:
         """Per baseline: validation-calibrated test metrics (Platt on a monotone transform of
-        the score; the ranking metrics are those of the raw score)."""
+        the score; the ranking metrics are those of the raw score). ``bgnbd`` is the better
+        BG/NBD score per metric (:func:`_best_bgnbd`)."""
         out_t, out_v = {}, {}
-        variant = None
-        for name in ("recency_rule", "rfm_score", "bgnbd_p_no_purchase", "bgnbd_p_dead"):
+        for name in ("recency_rule", "rfm_score", *BGNBD_SCORES):
             if name not in test_base or test_base[name].isna().any() or val_base[name].isna().any():
                 continue
             sv = val_base[name].to_numpy(dtype=np.float64)
@@ -440,39 +470,36 @@ def compute_churn(
             out_v[name] = classification_metrics(y_v, cal(_baseline_transform(name, sv)), sv)
             if y_t is not None:
                 out_t[name] = classification_metrics(y_t, cal(_baseline_transform(name, st)), st)
-        ref = out_t if y_t is not None else out_v
-        bg = [n for n in ("bgnbd_p_no_purchase", "bgnbd_p_dead") if n in ref]
-        if bg:
-            variant = max(bg, key=lambda n: ref[n]["roc_auc"])
-            for d in (out_t, out_v):
-                if variant in d:
-                    d["bgnbd"] = {**d[variant], "score": variant}
-        return out_t, out_v, variant
+        for d in (out_t, out_v):
+            best = _best_bgnbd(d)
+            if best is not None:
+                d["bgnbd"] = best
+        return out_t, out_v
 
     val_metrics = {"lightgbm": classification_metrics(y_val, model._calibrator(raw_val), raw_val)}
     train_raw = model.decision_function(train[feature_cols])
     train_metrics = {
         "lightgbm": classification_metrics(y_train, model._calibrator(train_raw), train_raw)
     }
+    undefined = None
     if labelled:
         y_t = y_test.astype(np.int64)
         if y_t.nunique() < 2:
             labelled = False
-            metrics["metrics"] = None
-            metrics["reason"] = (
+            undefined = (
                 f"every scored customer at {plan.test.date()} is "
                 f"{'churned' if y_t.iloc[0] == 1 else 'active'}: ranking metrics are undefined"
             )
     if labelled:
         test_metrics = {"lightgbm": classification_metrics(y_t, proba, raw_test)}
-        base_t, base_v, variant = baseline_metrics(y_val, y_t)
+        base_t, base_v = baseline_metrics(y_val, y_t)
         test_metrics.update(base_t)
         val_metrics.update(base_v)
         counts["test_churn_rate"] = float(y_t.mean())
         for name in ("lightgbm", *BASELINES):
             if name in test_metrics:
                 metrics[name] = test_metrics[name]
-        # the issue's names for the two BG/NBD scores ("bgnbd" is the better of them)
+        # the issue's names for the two BG/NBD scores ("bgnbd" is the better of them per metric)
         for key, name in (
             ("bgnbd_p_alive", "bgnbd_p_dead"),
             ("bgnbd_p_no_purchase", "bgnbd_p_no_purchase"),
@@ -482,7 +509,7 @@ def compute_churn(
                     **test_metrics[name],
                     "score": f"{name} (1 - P(alive))" if name == "bgnbd_p_dead" else name,
                 }
-        metrics["bgnbd_score"] = variant
+        metrics["bgnbd_score"] = test_metrics["bgnbd"]["score"] if "bgnbd" in test_metrics else None
         metrics["beats_baselines"] = {
             m: all(
                 test_metrics["lightgbm"][m] > test_metrics[b][m]
@@ -497,11 +524,11 @@ def compute_churn(
             "train": train_metrics,
         }
         metrics["reason"] = None
-    elif "reason" not in metrics:
-        _, base_v, _ = baseline_metrics(y_val, None)
+    else:
+        _, base_v = baseline_metrics(y_val, None)
         val_metrics.update(base_v)
         metrics["metrics"] = None
-        metrics["reason"] = (
+        metrics["reason"] = undefined or (
             f"the data end {plan.data_end.date()}, before the end of the as-of date's "
             f"{H}-day label window ({(plan.test + pd.Timedelta(days=H)).date()}): customers are "
             "scored, test metrics are skipped"
@@ -526,14 +553,15 @@ def compute_churn(
         ev_y, ev_raw, ev_p = y_val, raw_val, model._calibrator(raw_val)
         ev_base, where = val_base, f"validation {plan.validation.date()} (test not labelled)"
     curves = {"LightGBM": (ev_y, ev_raw)}
-    bg_name = metrics.get("bgnbd_score") or (
-        "bgnbd_p_no_purchase" if "bgnbd_p_no_purchase" in ev_base else None
-    )
-    labels = {"recency_rule": "recency rule", "rfm_score": "RFM quintile sum"}
+    labels = {
+        "recency_rule": "recency rule",
+        "rfm_score": "RFM quintile sum",
+        "bgnbd_p_no_purchase": "BG/NBD P(no purchase)",
+        "bgnbd_p_dead": "BG/NBD 1 - P(alive)",
+    }
     for name, label in labels.items():
-        curves[label] = (ev_y, ev_base[name].to_numpy())
-    if bg_name and not ev_base[bg_name].isna().any():
-        curves[f"BG/NBD {bg_name.removeprefix('bgnbd_')}"] = (ev_y, ev_base[bg_name].to_numpy())
+        if name in ev_base and not ev_base[name].isna().any():
+            curves[label] = (ev_y, ev_base[name].to_numpy())
     figures = {
         "roc.png": cp.plot_roc(curves, title=f"ROC, {where}").figure,
         "pr.png": cp.plot_pr(curves, title=f"Precision-recall, {where}").figure,

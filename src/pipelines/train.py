@@ -309,7 +309,7 @@ def run_train(
             churn = compute_churn(
                 lines, when, config.churn, progress=say, cancellation_prefixes=prefixes
             )
-            log_churn_run(churn, log_model=False)
+            log_churn_run(churn)  # booster with the lightgbm flavour and a signature
             churn_scorer = ChurnScorer.from_result(churn)
             notes += churn.notes
 

@@ -108,6 +108,17 @@ def _report(name: str, metrics: dict) -> str:
     return "\n".join(rows)
 
 
+def assert_beats_every_baseline(m: dict) -> None:
+    """LightGBM's test ROC-AUC and PR-AUC above the recency rule, the RFM sum and, per metric,
+    the better of BG/NBD's 1 - P(alive) and P(no purchase in the window)."""
+    for metric in ("roc_auc", "pr_auc"):
+        best_bg = max(m["bgnbd_p_alive"][metric], m["bgnbd_p_no_purchase"][metric])
+        assert m["bgnbd"][metric] == best_bg, metric
+        for base in ("recency_rule", "rfm_score", "bgnbd_p_alive", "bgnbd_p_no_purchase"):
+            assert m["lightgbm"][metric] > m[base][metric], (metric, base)
+    assert m["beats_baselines"] == {"roc_auc": True, "pr_auc": True}
+
+
 # --------------------------------------------------------------------------------------------
 # labels and cutoffs
 # --------------------------------------------------------------------------------------------
@@ -348,7 +359,7 @@ def test_simulated_demo_beats_the_rule_baselines_and_ties_bgnbd(sim_result, sim,
     assert m["model"]["bgnbd_prior_used"]
     assert abs(lgb["roc_auc"] - m["bgnbd"]["roc_auc"]) < 0.002
     assert abs(lgb["pr_auc"] - m["bgnbd"]["pr_auc"]) < 0.002
-    assert m["bgnbd_score"] == "bgnbd_p_no_purchase"
+    assert m["bgnbd_score"]["roc_auc"] == m["bgnbd_score"]["pr_auc"] == "bgnbd_p_no_purchase"
     assert lgb["top_decile_lift"] > m["rfm_score"]["top_decile_lift"]
     assert lgb["brier"] <= m["recency_rule"]["brier"]
     assert m["counts"]["train_cutoffs"] == 24
@@ -420,6 +431,27 @@ def test_unlabelled_as_of_is_scored_without_metrics(small_lines, tmp_path):
     assert m["metrics"] is None and "label window" in m["reason"]
     assert "lightgbm" not in m and m["validation_metrics"]["lightgbm"]["roc_auc"] > 0.7
     assert len(res.customers) == SMALL_CUSTOMERS
+
+
+def test_single_class_test_cutoff_is_scored_without_metrics(small_lines, tmp_path):
+    """Nobody buys in the as-of date's label window (the data go on after it): every scored
+    customer is churned, ROC-AUC and PR-AUC are undefined, so the customers are scored, the
+    metrics are skipped with the reason, and the validation metrics are still reported."""
+    window = (small_lines["order_ts"] >= "2023-07-01") & (small_lines["order_ts"] < "2023-09-29")
+    lines = small_lines[~window]
+    assert lines["order_ts"].max() >= pd.Timestamp("2023-09-28")  # the window is observed
+    res = run_churn(lines, SIM_AS_OF, tmp_path / "o", ChurnConfig(**SMALL))
+    m = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert m["metrics"] is None
+    assert m["reason"] == (
+        "every scored customer at 2023-06-30 is churned: ranking metrics are undefined"
+    )
+    assert not {"lightgbm", "bgnbd", "beats_baselines"} & set(m)
+    v = m["validation_metrics"]
+    assert {"lightgbm", "recency_rule", "rfm_score", "bgnbd"} <= set(v)
+    assert v["lightgbm"]["roc_auc"] > v["rfm_score"]["roc_auc"]
+    assert len(res.customers) == SMALL_CUSTOMERS
+    assert res.customers["churn_probability"].between(0, 1).all()
 
 
 def test_bad_input_raises_data_contract_errors(sim_lines):
@@ -593,10 +625,7 @@ def test_online_retail_beats_every_baseline(or_result):
     Christmas season, the training windows (Jan-Mar 2011) do not."""
     m = or_result.metrics
     print("\n" + _report("Online Retail", m))
-    for base in ("recency_rule", "rfm_score", "bgnbd"):
-        assert m["lightgbm"]["roc_auc"] > m[base]["roc_auc"], base
-        assert m["lightgbm"]["pr_auc"] > m[base]["pr_auc"], base
-    assert m["beats_baselines"] == {"roc_auc": True, "pr_auc": True}
+    assert_beats_every_baseline(m)
     assert m["lightgbm"]["roc_auc"] == pytest.approx(0.7435, abs=0.002)
     assert m["counts"]["test_customers"] == 3368
     assert m["cutoffs"]["validation"] == "2011-06-11"
