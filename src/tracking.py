@@ -22,6 +22,7 @@ from crmkit.errors import CrmkitError
 __all__ = [
     "TrackingError",
     "default_tracking_uri",
+    "sqlite_database_path",
     "configure",
     "check_reachable",
     "stage_run",
@@ -47,9 +48,68 @@ def default_tracking_uri(root: str | os.PathLike | None = None) -> str:
     return f"sqlite:///{(base / 'mlruns' / 'mlflow.db').resolve()}"
 
 
+def sqlite_database_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI (``None`` for other stores and for
+    an in-memory database).
+
+    Handles the forms SQLAlchemy accepts: ``sqlite:///relative/mlflow.db``,
+    ``sqlite:////absolute/mlflow.db``, query parameters (``?timeout=20``) and SQLite's URI
+    filenames, ``sqlite:///file:/abs/mlflow.db?mode=ro&uri=true`` (``file:`` with an optional
+    empty or ``localhost`` authority, percent-encoded; https://www.sqlite.org/uri.html) -
+    there ``file:`` is a scheme, not a folder.
+    """
+    from urllib.parse import parse_qs, unquote
+
+    prefix = "sqlite:///"
+    if not uri.lower().startswith(prefix):
+        return None
+    rest = uri[len(prefix) :]
+    path, _, query = rest.partition("?")
+    params = {k.lower(): v[-1].lower() for k, v in parse_qs(query).items()}
+    if params.get("uri") in ("true", "1") and path.lower().startswith("file:"):
+        if params.get("mode") == "memory":
+            return None
+        name = path[len("file:") :].partition("#")[0]
+        if name.startswith("//"):  # an authority: empty or localhost only (SQLite's rule)
+            authority, slash, tail = name[2:].partition("/")
+            if authority.lower() not in ("", "localhost"):
+                return None
+            name = slash + tail
+        path = unquote(name)
+    if path in ("", ":memory:"):
+        return None
+    return Path(path)
+
+
+def _fix_mlflow_sqlite_parent_dirs() -> None:
+    """Make MLflow create a SQLite store's folder where the database really is.
+
+    MLflow 3 (``mlflow.store.db.utils._make_parent_dirs_if_sqlite``, mlflow/mlflow#19205)
+    strips ``sqlite:///`` and creates the parent of what is left, so a SQLite URI filename
+    (``sqlite:///file:/srv/m/mlflow.db?mode=ro&uri=true``) leaves a folder named ``file:`` in
+    the working directory. Route it through :func:`sqlite_database_path`; idempotent, and a
+    no-op when MLflow has no such helper.
+    """
+    try:
+        import mlflow.store.db.utils as db_utils
+    except ImportError:  # pragma: no cover - mlflow is a dependency
+        return
+    current = getattr(db_utils, "_make_parent_dirs_if_sqlite", None)
+    if current is None or getattr(current, "_crmkit", False):
+        return
+
+    def _make_parent_dirs_if_sqlite(db_uri: str) -> None:
+        db = sqlite_database_path(db_uri)
+        if db is not None:
+            db.parent.mkdir(parents=True, exist_ok=True)
+
+    _make_parent_dirs_if_sqlite._crmkit = True  # type: ignore[attr-defined]
+    db_utils._make_parent_dirs_if_sqlite = _make_parent_dirs_if_sqlite
+
+
 def _artifact_root(uri: str) -> str | None:
-    if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///") :])
+    db = sqlite_database_path(uri)
+    if db is not None:
         return (db.parent / "artifacts").resolve().as_uri()
     return None  # a server or other store decides itself
 
@@ -62,6 +122,7 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     (also 401/403/404 from an authenticating proxy) and any TLS error (a custom CA MLflow is
     configured for) count as reachable and are left to MLflow. Other stores are not checked.
     """
+    _fix_mlflow_sqlite_parent_dirs()  # every MLflow entry point of crmkit passes here
     if not uri.lower().startswith(("http://", "https://")):
         return
     import ssl
@@ -121,8 +182,9 @@ def configure(tracking_uri: str | None = None, experiment: str = DEFAULT_EXPERIM
     uri = tracking_uri or default_tracking_uri()
     check_reachable(uri)
     try:
-        if uri.startswith("sqlite:///"):
-            Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite_database_path(uri)
+        if db is not None:
+            db.parent.mkdir(parents=True, exist_ok=True)
         mlflow.set_tracking_uri(uri)
         client = mlflow.MlflowClient(uri)
         with _quiet_db_errors():

@@ -7,7 +7,8 @@ temporary SQLite store (versions 1 and 2, ``champion`` on 2). The faults:
    byte-identical, and the next run succeeds beside the killed run's staging folder;
 2. an interruption at every step of the output commit: the previous or the new output set,
    never a mix;
-3. two ``crmkit score`` processes scoring into different folders at once;
+3. two ``crmkit score`` processes scoring into different folders at once (both caught in
+   the middle of writing at the same moment);
 4. an unreachable MLflow store (``http://127.0.0.1:<closed port>``): a clear error within
    seconds from ``configure``, ``run_train``, ``run_score`` and the CLI;
 5. a read-only MLflow store: a clear error from ``run_train``, ``run_score`` and the CLI;
@@ -302,6 +303,14 @@ def test_interrupted_commit_leaves_previous_or_new_outputs_never_a_mix(tmp_path,
 
 
 def test_two_scoring_jobs_at_once_both_succeed_with_identical_outputs(world, tmp_path):
+    """The jobs are made to overlap, not left to chance (on a busy machine one job can
+    finish before the other starts): each is paused (SIGSTOP) as soon as its staging
+    folder appears, so both are caught in the middle of writing at the same moment; then
+    both resume and must finish cleanly."""
+    import mlflow
+
+    client = mlflow.MlflowClient(world.store)
+    started_ms = int(time.time() * 1000)
     outs = [tmp_path / "a" / "out", tmp_path / "b" / "out"]
     procs = [
         subprocess.Popen(
@@ -314,7 +323,34 @@ def test_two_scoring_jobs_at_once_both_succeed_with_identical_outputs(world, tmp
         )
         for out in outs
     ]
+    paused = [False, False]
+    try:
+        deadline = time.monotonic() + 240
+        while not all(paused) and time.monotonic() < deadline:
+            for i, (p, out) in enumerate(zip(procs, outs)):
+                if not paused[i] and p.poll() is None and _stagings(out):
+                    p.send_signal(signal.SIGSTOP)
+                    paused[i] = True
+            if any(p.poll() is not None for p in procs):
+                break
+            time.sleep(0.001)
+        both_alive = [p.poll() is None for p in procs]
+        both_writing = [len(_stagings(out)) == 1 for out in outs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGCONT)
     results = [(p.communicate(timeout=300), p.returncode) for p in procs]
+    assert paused == [True, True] and both_alive == [True, True], (paused, both_alive, results)
+    assert both_writing == [True, True]  # both in the middle of writing at the same moment
+    # MLflow saw it too: each job's `score` run started before the other one's ended.
+    runs = client.search_runs(
+        [world.first.experiment_id],
+        filter_string=f"tags.`crmkit.stage` = 'score' and attributes.start_time >= {started_ms}",
+    )
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs), runs
+    (s1, e1), (s2, e2) = ((r.info.start_time, r.info.end_time) for r in runs)
+    assert max(s1, s2) < min(e1, e2), (s1, e1, s2, e2)
     for (stdout, stderr), rc in results:
         assert rc == 0, stderr
         assert "scored 1,500 customers" in stdout
@@ -330,14 +366,6 @@ def test_two_scoring_jobs_at_once_both_succeed_with_identical_outputs(world, tmp
     )
     for o in outs:
         assert not _stagings(o)
-    # both scoring runs were recorded
-    import mlflow
-
-    client = mlflow.MlflowClient(world.store)
-    runs = client.search_runs(
-        [world.first.experiment_id], filter_string="tags.`crmkit.stage` = 'score'"
-    )
-    assert sum(r.info.status == "FINISHED" for r in runs) >= 2
 
 
 # --------------------------------------------------------------------------------------------
@@ -399,6 +427,9 @@ def test_read_only_store_is_a_clear_error(world, read_only_store, tmp_path, monk
     import mlflow
 
     uri = read_only_store.uri
+    cwd = tmp_path / "cwd"  # a SQLite URI filename once left a folder "file:" in the cwd
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
     out = tmp_path / "out"
     out.mkdir()
     (out / "customers.parquet").write_bytes(b"previous")
@@ -421,6 +452,7 @@ def test_read_only_store_is_a_clear_error(world, read_only_store, tmp_path, monk
     assert code == 2 and str(read_only_store.db) in _error_line(err)
     assert _snapshot(out) == {"customers.parquet": b"previous"} and not _stagings(out)
     assert read_only_store.db.read_bytes() == before
+    assert list(cwd.iterdir()) == []
 
 
 def test_store_folder_that_cannot_be_created_is_a_clear_error(world, tmp_path, monkeypatch, capsys):

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import mlflow
 import pytest
 
-from crmkit.tracking import TrackingError, configure, default_tracking_uri, flat_metrics, stage_run
+from crmkit.tracking import (
+    TrackingError,
+    configure,
+    default_tracking_uri,
+    flat_metrics,
+    sqlite_database_path,
+    stage_run,
+)
 
 
 def test_default_store_is_sqlite_under_mlruns(tmp_path, monkeypatch):
@@ -14,6 +23,50 @@ def test_default_store_is_sqlite_under_mlruns(tmp_path, monkeypatch):
     assert default_tracking_uri() == f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
     assert default_tracking_uri() == "http://127.0.0.1:5999"
+
+
+@pytest.mark.parametrize(
+    ("uri", "path"),
+    [
+        ("sqlite:////srv/mlruns/mlflow.db", "/srv/mlruns/mlflow.db"),
+        ("sqlite:///mlruns/mlflow.db", "mlruns/mlflow.db"),
+        ("sqlite:///mlruns/mlflow.db?timeout=20", "mlruns/mlflow.db"),
+        # SQLite URI filenames (https://www.sqlite.org/uri.html): file: is a scheme
+        ("sqlite:///file:/srv/m/mlflow.db?mode=ro&uri=true", "/srv/m/mlflow.db"),
+        ("sqlite:///file:///srv/m/my%20db.db?uri=true&mode=ro", "/srv/m/my db.db"),
+        ("sqlite:///file://localhost/srv/m/mlflow.db?uri=true", "/srv/m/mlflow.db"),
+        ("sqlite:///file:rel/mlflow.db?uri=true", "rel/mlflow.db"),
+        # without uri=true SQLite reads "file:..." as a plain file name
+        ("sqlite:///file:/srv/m/mlflow.db", "file:/srv/m/mlflow.db"),
+        ("sqlite:///:memory:", None),
+        ("sqlite:///file:mem?mode=memory&uri=true", None),
+        ("http://127.0.0.1:5000", None),
+    ],
+)
+def test_sqlite_database_path(uri, path):
+    assert sqlite_database_path(uri) == (None if path is None else Path(path))
+
+
+def test_read_only_uri_filename_store_creates_nothing_in_the_working_directory(
+    tmp_path, monkeypatch
+):
+    """``sqlite:///file:<db>?mode=ro&uri=true`` once made a folder named ``file:`` in the
+    working directory (its parent, read as a relative path)."""
+    from crmkit.tracking import _artifact_root
+
+    db = tmp_path / "store" / "mlflow.db"
+    exp = configure(f"sqlite:///{db}", experiment="ro")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    ro = f"sqlite:///file:{db}?mode=ro&uri=true"
+    assert configure(ro, experiment="ro") == exp
+    assert _artifact_root(ro) == (db.parent / "artifacts").as_uri()
+    assert mlflow.MlflowClient(ro).get_experiment(exp).artifact_location == _artifact_root(ro)
+    with pytest.raises(TrackingError, match="readonly database"):
+        with stage_run("refused"):
+            pass
+    assert list(cwd.iterdir()) == []
 
 
 def test_runs_nested_failed_and_artifacts_local(tmp_path):
