@@ -64,7 +64,7 @@ def _main(
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output directory (created).")]
 ConfigOpt = Annotated[
     Optional[Path],  # noqa: UP045
-    typer.Option("--config", "-c", help="Pipeline YAML (see pipelines/crmkit.yaml)."),
+    typer.Option("--config", "-c", help="Pipeline YAML (see pipelines/train.yaml)."),
 ]
 
 
@@ -556,7 +556,10 @@ def score(
     fmt: Annotated[
         Optional[str], typer.Option("--format", help="parquet (default) or csv.")  # noqa: UP045
     ] = None,
-    config: ConfigOpt = None,
+    config: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--config", "-c", help="Score YAML (see pipelines/score.yaml)."),
+    ] = None,
     map_: MapOpt = None,
     names: NamesOpt = None,
     tracking_uri: TrackingOpt = None,
@@ -568,13 +571,13 @@ def score(
     OUT/audiences/<action>.parquet, OUT/summary.json and OUT/quality_report.json, all or
     nothing: a failed or interrupted run leaves the previous outputs untouched.
     """
-    from crmkit.pipelines.config import load_config
+    from crmkit.pipelines.config import load_score_config
     from crmkit.pipelines.score import run_score
     from crmkit.tracking import configure
 
-    cfg = load_config(config, overrides={"data": _data_overrides(map_, names)})
+    cfg = load_score_config(config, overrides={"data": _data_overrides(map_, names)})
     t0 = time.perf_counter()
-    configure(tracking_uri, cfg.registry.experiment)
+    configure(tracking_uri, cfg.score.experiment)
     res = run_score(data, out, model_uri=model, as_of=as_of, config=cfg, fmt=fmt, progress=_info)
     _print_score(res)
     _info(f"wrote {out}/ in {time.perf_counter() - t0:.1f} s")
@@ -633,7 +636,7 @@ def demo(
     res = simulate_transactions(n_customers=customers, seed=seed, acquisition_weeks=75)
     sample = _write_simulation(res, out / "sample", "csv", staged_output, write_parquet)
     _info(f"      {len(res.lines):,} order lines -> {sample}")
-    cfg_path = Path("pipelines/crmkit.yaml")
+    cfg_path = Path("pipelines/train.yaml")
     cfg = load_config(cfg_path if cfg_path.is_file() else None)
     as_of = str(res.truth.params.cutoff)
     _info(f"[2/3] crmkit train {sample} --as-of {as_of}")

@@ -134,13 +134,59 @@ def test_validate_flags_map_names_and_config(tmp_path):
     assert "cleaning.returns" in res.stderr
 
 
-def test_repo_config_file_is_valid():
-    from crmkit.pipelines.config import load_config
+def test_repo_config_files_load_and_document_the_defaults():
+    """pipelines/train.yaml and pipelines/score.yaml load, and the values they show are the
+    defaults (so the reference cannot drift from the code)."""
+    from crmkit.pipelines.config import load_config, load_score_config
 
     root = Path(__file__).resolve().parents[1]
-    cfg = load_config(root / "pipelines" / "crmkit.yaml")
-    assert cfg.cleaning.returns == "drop"
-    assert "POST" in cfg.cleaning.non_product_codes
+    train = load_config(root / "pipelines" / "train.yaml")
+    assert train == load_config(None)
+    assert train.cleaning.returns == "drop" and "POST" in train.cleaning.non_product_codes
+    assert train.churn.window_days == 90 and train.registry.gate_metrics[0] == "churn_roc_auc"
+    score = load_score_config(root / "pipelines" / "score.yaml")
+    assert score == load_score_config(None)
+    assert score.score.model == "models:/crmkit-customer-scorer@champion"
+    assert score.score.format == "parquet"
+
+
+@pytest.mark.parametrize(
+    ("kind", "text", "named"),
+    [
+        ("train", "churn:\n  windw_days: 60\n", "churn.windw_days"),
+        ("train", "churn:\n  window_days: soon\n", "churn.window_days"),
+        ("train", "clv:\n  model: gompertz\n", "clv.model"),
+        ("train", "registry:\n  gate_metrics: [accuracy]\n", "registry.gate_metrics"),
+        ("train", "trainer:\n  epochs: 3\n", "trainer"),
+        ("score", "score:\n  fromat: csv\n", "score.fromat"),
+        ("score", "score:\n  format: xlsx\n", "score.format"),
+        ("score", "data:\n  columns: [a, b]\n", "data.columns"),
+        ("score", "churn:\n  window_days: 60\n", "churn"),
+    ],
+)
+def test_bad_config_key_or_value_is_a_clear_error(tmp_path, kind, text, named):
+    from crmkit.errors import ConfigError
+    from crmkit.pipelines.config import load_config, load_score_config
+
+    f = tmp_path / f"{kind}.yaml"
+    f.write_text(text)
+    load = load_config if kind == "train" else load_score_config
+    with pytest.raises(ConfigError, match=f"invalid configuration in {f}") as err:
+        load(f)
+    assert named in str(err.value)
+    if named == "churn" and kind == "score":
+        assert "pipelines/train.yaml" in str(err.value)
+
+
+def test_score_command_rejects_a_bad_config_before_loading_a_model(tmp_path):
+    cfg = tmp_path / "score.yaml"
+    cfg.write_text("score:\n  format: xlsx\n")
+    src = tmp_path / "in.csv"
+    src.write_text(CANON)
+    res = _crmkit("score", str(src), "--out", str(tmp_path / "o"), "--config", str(cfg))
+    assert res.returncode == 2
+    assert "score.format" in res.stderr and "'parquet' or 'csv'" in res.stderr
+    assert not (tmp_path / "o").exists()
 
 
 def test_simulate_command(tmp_path):

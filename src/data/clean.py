@@ -80,7 +80,7 @@ DEFAULT_NON_PRODUCT_PATTERNS: tuple[str, ...] = (r"^gift_\d+_", r"^TEST")
 class CleaningConfig(BaseModel):
     """The cleaning rules and their settings (``cleaning:`` in the pipeline YAML).
 
-    Every field is documented in ``pipelines/crmkit.yaml``.
+    Every field is documented in ``pipelines/train.yaml``.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -1,8 +1,17 @@
 """Declarative pipeline configuration (the YAML files in ``pipelines/``), validated on load.
 
-A config has sections; this module knows ``data:`` (how to read the input) and ``cleaning:``
-(:class:`~crmkit.data.clean.CleaningConfig`). Later stages add their own sections. Unknown
-keys, wrong types and bad values raise :class:`~crmkit.errors.ConfigError` naming the key.
+Two kinds of file:
+
+- ``pipelines/train.yaml`` (:func:`load_config` -> :class:`PipelineConfig`): one section per
+  stage (``data, cleaning, features, clv, basket, recommend, churn, actions, registry``), read
+  by ``crmkit train`` and by the single-stage commands (``validate``, ``features``, ``clv``,
+  ``basket``, ``recommend``, ``churn``);
+- ``pipelines/score.yaml`` (:func:`load_score_config` -> :class:`ScoreFileConfig`): ``data:``
+  and ``score:`` only - the model brings every other setting it was trained with, so a
+  training section in a score file is an error (it would have no effect).
+
+Unknown keys, wrong types and bad values raise :class:`~crmkit.errors.ConfigError` naming the
+key (``section.key: message``).
 """
 
 from __future__ import annotations
@@ -21,7 +30,15 @@ from crmkit.pipelines.churn import ChurnConfig
 from crmkit.pipelines.clv import ClvConfig
 from crmkit.pipelines.features import FeaturesConfig
 
-__all__ = ["DataConfig", "RegistryConfig", "ScoreConfig", "PipelineConfig", "load_config"]
+__all__ = [
+    "DataConfig",
+    "RegistryConfig",
+    "ScoreConfig",
+    "PipelineConfig",
+    "ScoreFileConfig",
+    "load_config",
+    "load_score_config",
+]
 
 
 class DataConfig(BaseModel):
@@ -75,12 +92,24 @@ class RegistryConfig(BaseModel):
 
 
 class ScoreConfig(BaseModel):
-    """Settings of ``crmkit score`` (``score:``)."""
+    """Settings of ``crmkit score`` (``score:``).
+
+    Attributes
+    ----------
+    model
+        Model URI: ``models:/name@alias``, ``models:/name/version``, ``runs:/...`` or a local
+        model folder (``--model`` overrides it).
+    format
+        ``parquet`` or ``csv`` outputs (``--format`` overrides it).
+    experiment
+        MLflow experiment of the scoring runs.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model: str = "models:/crmkit-customer-scorer@champion"
+    model: str = Field("models:/crmkit-customer-scorer@champion", min_length=1)
     format: Literal["parquet", "csv"] = "parquet"
+    experiment: str = Field("crmkit", min_length=1)
 
 
 class PipelineConfig(BaseModel):
@@ -100,6 +129,16 @@ class PipelineConfig(BaseModel):
     score: ScoreConfig = ScoreConfig()
 
 
+class ScoreFileConfig(BaseModel):
+    """A score config file (``pipelines/score.yaml``): how to read the file (``data:``) and
+    the ``score:`` settings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data: DataConfig = DataConfig()
+    score: ScoreConfig = ScoreConfig()
+
+
 def _format_errors(exc: ValidationError, source: str) -> str:
     parts = []
     for e in exc.errors():
@@ -108,11 +147,7 @@ def _format_errors(exc: ValidationError, source: str) -> str:
     return f"invalid configuration in {source}: " + "; ".join(parts)
 
 
-def load_config(
-    path: str | Path | None = None, overrides: dict[str, Any] | None = None
-) -> PipelineConfig:
-    """Read and validate a pipeline YAML file, then apply ``overrides``
-    (``{"section": {"key": value}}``, e.g. from CLI flags)."""
+def _read(path: str | Path | None, overrides: dict[str, Any] | None) -> tuple[dict, str]:
     raw: dict[str, Any] = {}
     source = "<defaults>"
     if path is not None:
@@ -132,7 +167,37 @@ def load_config(
             merged = dict(raw.get(section) or {})
             merged.update(values)
             raw[section] = merged
+    return raw, source
+
+
+def load_config(
+    path: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> PipelineConfig:
+    """Read and validate a pipeline YAML file (``pipelines/train.yaml``), then apply
+    ``overrides`` (``{"section": {"key": value}}``, e.g. from CLI flags)."""
+    raw, source = _read(path, overrides)
     try:
         return PipelineConfig(**raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, source)) from None
+
+
+def load_score_config(
+    path: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> ScoreFileConfig:
+    """Read and validate a score YAML file (``pipelines/score.yaml``: ``data:`` and
+    ``score:``), then apply ``overrides``. A training section (``cleaning:``, ``churn:``, ...)
+    is an error: scoring uses the settings the model was trained with."""
+    raw, source = _read(path, overrides)
+    training = [k for k in raw if k in PipelineConfig.model_fields and k not in ("data", "score")]
+    if training:
+        raise ConfigError(
+            f"invalid configuration in {source}: section(s) {', '.join(training)} have no effect "
+            "at score time - the model brings the cleaning, feature, CLV, churn, "
+            "recommendation, action and registry settings it was trained with (set them in "
+            "pipelines/train.yaml and retrain); a score config holds data: and score: only"
+        )
+    try:
+        return ScoreFileConfig(**raw)
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, source)) from None

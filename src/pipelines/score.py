@@ -135,8 +135,9 @@ def run_score(
 ) -> ScoreRun:
     """Score ``data`` with the registered model and write the outputs (module docstring).
 
-    ``config`` (a :class:`~crmkit.pipelines.config.PipelineConfig`) only overrides how the
-    file is read (``data:``) and the ``score:`` settings; the model brings its own cleaning,
+    ``config`` (a :class:`~crmkit.pipelines.config.ScoreFileConfig` from
+    ``pipelines/score.yaml``, or a whole :class:`~crmkit.pipelines.config.PipelineConfig`)
+    only overrides how the file is read (``data:``) and the ``score:`` settings; the model brings its own cleaning,
     feature and action settings so that scores match training.
     """
     from crmkit.data.io import staged_output

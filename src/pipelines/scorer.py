@@ -40,13 +40,26 @@ __all__ = [
     "BUNDLE_FORMAT",
     "CUSTOMER_COLUMNS",
     "REQUIRED_INPUT",
+    "CATALOGUE_INPUT",
 ]
 
 #: Version of the bundle layout written by :meth:`CustomerScorer.save`.
 BUNDLE_FORMAT = 1
 
-#: Columns scoring input must have (canonical names, see :mod:`crmkit.data.schema`).
+#: Columns scoring input must have (canonical names, see :mod:`crmkit.data.schema`) when the
+#: model was trained with them; a missing one is an error naming it.
 REQUIRED_INPUT = ("customer_id", "order_id", "order_ts", "product_id", "quantity", "unit_price")
+
+#: Input policy for the optional columns (``amount, category, product_name, country,
+#: channel``): a column behind a feature of the churn model (``ChurnScorer.required_columns``,
+#: e.g. ``category``, ``country``, ``channel`` for the distinct-category, country and channel
+#: features) must be present when the model was trained with it - leaving it out would change
+#: the scores, so it is an error naming the column, raised before any work. The catalogue
+#: columns below may be left out: the recommender's catalogue (learned at training) holds the
+#: category and name of every product it knows, so the scores and lists are unchanged (tested)
+#: and a note says so; products new since training then have none. ``amount`` is derived from
+#: quantity x unit_price when missing.
+CATALOGUE_INPUT = ("category", "product_name")
 
 #: Columns of ``customers.parquet``, in order.
 CUSTOMER_COLUMNS = (
@@ -183,19 +196,25 @@ class ScoreOutput:
         }
 
 
-def _check_input(lines: pd.DataFrame, trained_columns: dict[str, str]) -> None:
-    """The scoring input has the columns and kinds of types the model was trained on."""
+def _check_input(
+    lines: pd.DataFrame, trained_columns: dict[str, str], used: tuple[str, ...] = ()
+) -> list[str]:
+    """The scoring input has the columns and kinds of types the model was trained on (else a
+    :class:`DataContractError` naming the column); returns notes on the fallbacks used for
+    optional columns the model was trained with and the input lacks. ``used``: further columns
+    the model's components need (the churn model's feature sources)."""
     if not isinstance(lines, pd.DataFrame):
         raise DataContractError(
             f"scoring input must be a DataFrame of order lines, got {type(lines).__name__}",
             rule="input_type",
         )
     need = [c for c in REQUIRED_INPUT if c in trained_columns]
+    need += [c for c in used if c in trained_columns and c != "amount" and c not in need]
     missing = [c for c in need if c not in lines.columns]
     if missing:
         raise DataContractError(
-            f"scoring input lacks the column(s) {missing} the model was trained with "
-            f"(trained on {sorted(trained_columns)})",
+            f"scoring input lacks the column(s) {missing} the model was trained with and "
+            f"uses (it needs {need}; trained on {sorted(trained_columns)})",
             column=missing[0],
             rule="missing_column",
         )
@@ -213,6 +232,18 @@ def _check_input(lines: pd.DataFrame, trained_columns: dict[str, str]) -> None:
             column="order_ts",
             rule="wrong_type",
         )
+    absent = [
+        c
+        for c in CATALOGUE_INPUT
+        if c in trained_columns and c not in lines.columns and c not in need
+    ]
+    if absent:
+        return [
+            f"the input has no {' / '.join(absent)} column (the model was trained with it): "
+            "the model's catalogue supplies it for the products it knows; products new since "
+            "training have none"
+        ]
+    return []
 
 
 class CustomerScorer:
@@ -382,7 +413,8 @@ class CustomerScorer:
             if progress is not None:
                 progress(msg)
 
-        _check_input(lines, self.input_columns)
+        used = tuple(self.churn.required_columns()) if self.churn is not None else ()
+        notes = _check_input(lines, self.input_columns, used)
         when = pd.Timestamp(as_of).normalize() if as_of is not None else default_as_of(lines)
         first = lines["order_ts"].min()
         if len(lines) == 0 or first > when + pd.Timedelta(days=1):
@@ -392,7 +424,6 @@ class CustomerScorer:
                 column="order_ts",
                 rule="empty_window",
             )
-        notes: list[str] = []
         prefixes = tuple(self.config.cleaning.cancellation_prefixes)
         say("CLV: P(alive), expected purchases, discounted value")
         clv = self.clv_scores(lines, when)

@@ -3,8 +3,11 @@ MLflow stores (a local SQLite store, and a real ``mlflow server`` process on 127
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +112,11 @@ def test_parent_run_with_nested_stage_runs_and_logged_input(trained, local_store
     assert inputs[0].dataset.name == "orders.parquet"
     churn = next(c for c in children if c.info.run_name == "churn")
     assert 0.5 < churn.data.metrics["validation.lightgbm.roc_auc"] <= 1.0
+    # the churn booster, logged with the lightgbm flavour and a numbers-only signature
+    booster = mlflow.models.get_model_info(f"runs:/{churn.info.run_id}/model")
+    assert "lightgbm" in booster.flavors
+    assert "recency_days" in booster.signature.inputs.input_names()
+    assert {c.type.name for c in booster.signature.inputs.inputs} <= {"double", "long"}
     assert run.data.params["as_of"] == first.as_of.strftime("%Y-%m-%d")
     for k in ("churn_roc_auc", "churn_pr_auc", "clv_purchases_neg_mae"):
         assert f"gate.challenger.{k}" in run.data.metrics
@@ -375,3 +383,157 @@ def test_recommendations_in_a_second_process_are_identical(trained, sample):
     assert len(one.recommendations) > 1000
     pd.testing.assert_frame_equal(two.recommendations, one.recommendations)
     pd.testing.assert_frame_equal(two.customers, one.customers)
+
+
+def _crmkit(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """The installed ``crmkit`` entry point in a subprocess (as a user runs it)."""
+    exe = Path(sys.executable).with_name("crmkit")
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return subprocess.run(
+        [str(exe), *args], capture_output=True, text=True, cwd=cwd, timeout=300, env=env
+    )
+
+
+def test_score_cli_rejects_text_in_a_numeric_column(trained, sample, local_store, tmp_path):
+    """Input whose types do not match the model's: exit status 2 and a message naming the
+    column and the row; nothing is written."""
+    _, as_of, lines = sample
+    few = lines[lines["customer_id"].isin(lines["customer_id"].unique()[:40])].copy()
+    few["quantity"] = few["quantity"].astype(str)
+    few.iloc[3, few.columns.get_loc("quantity")] = "two"
+    src = tmp_path / "orders.csv"
+    few.to_csv(src, index=False)
+    out = tmp_path / "out"
+    res = _crmkit("score", str(src), "--out", str(out), "--tracking-uri", local_store)
+    assert res.returncode == 2, res.stderr
+    assert "column 'quantity'" in res.stderr and "'two'" in res.stderr
+    assert not out.exists()
+    # the in-process (pyfunc / REST) path: the same rule
+    scorer, _ = load_scorer(f"models:/crmkit-customer-scorer/{trained[1].model_version}")
+    with pytest.raises(DataContractError, match="column 'quantity'"):
+        score_frame(scorer, few, as_of)
+
+
+def test_optional_columns_the_model_was_trained_with(scored, sample, local_store):
+    """A column behind a churn feature (category: distinct categories bought) is required when
+    the model was trained with it: a clear error naming it before any work. product_name
+    (display only) may be left out: the model's catalogue has it - identical outputs and a
+    note saying so."""
+    import mlflow
+
+    from crmkit.data.clean import clean_lines
+
+    res, _ = scored
+    _, as_of, lines = sample
+    mlflow.set_tracking_uri(local_store)
+    scorer, _ = load_scorer("models:/crmkit-customer-scorer@champion")
+    assert {"category", "product_name"} <= set(scorer.input_columns)
+    assert "category" in scorer.churn.required_columns()
+    cleaned = clean_lines(lines, scorer.config.cleaning).lines
+    with pytest.raises(DataContractError, match=r"lacks the column\(s\) \['category'\]") as e:
+        scorer.score(cleaned.drop(columns=["category"]), as_of, parallel=False)
+    assert e.value.column == "category"
+    got = scorer.score(cleaned.drop(columns=["product_name"]), as_of, parallel=False)
+    pd.testing.assert_frame_equal(got.customers, res.output.customers)
+    pd.testing.assert_frame_equal(got.recommendations, res.output.recommendations)
+    assert any("no product_name column" in n for n in got.notes)
+    assert not any("product_name" in n for n in res.output.notes)
+
+
+def test_score_cli_csv_outputs_equal_the_parquet_outputs(scored, sample, local_store, tmp_path):
+    """`crmkit score --format csv` writes customers.csv, recommendations.csv and
+    audiences/*.csv with the content of the Parquet run's files."""
+    from typer.testing import CliRunner
+
+    from crmkit.cli import app
+
+    _, pq_out = scored
+    path, as_of, _ = sample
+    out = tmp_path / "csv"
+    res = CliRunner().invoke(
+        app,
+        [
+            "score",
+            str(path),
+            "--out",
+            str(out),
+            "--as-of",
+            as_of,
+            "--format",
+            "csv",
+            "--tracking-uri",
+            local_store,
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert not list(out.rglob("*.parquet"))
+
+    def same(csv: Path, parquet: Path) -> int:
+        want = pd.read_parquet(parquet)
+        text = want.to_csv(index=False)  # the Parquet content, as CSV
+        got = pd.read_csv(csv)
+        pd.testing.assert_frame_equal(got, pd.read_csv(io.StringIO(text)))
+        return len(got)
+
+    assert same(out / "customers.csv", pq_out / "customers.parquet") > 1000
+    assert same(out / "recommendations.csv", pq_out / "recommendations.parquet") > 1000
+    csvs = sorted(p.stem for p in (out / "audiences").glob("*.csv"))
+    assert csvs == sorted(p.stem for p in (pq_out / "audiences").glob("*.parquet"))
+    assert len(csvs) >= 6
+    rows = sum(
+        same(out / "audiences" / f"{a}.csv", pq_out / "audiences" / f"{a}.parquet") for a in csvs
+    )
+    assert rows == int((pd.read_csv(out / "customers.csv")["next_best_action"] != "none").sum())
+    index = json.loads((out / "audiences" / "index.json").read_text())
+    want = json.loads((pq_out / "audiences" / "index.json").read_text())
+    assert _counts(index) == _counts(want)
+
+
+def test_a_worse_challenger_leaves_the_champion_alias_and_the_gate_is_logged(
+    trained, sample, local_store, tmp_path
+):
+    """Against the real SQLite registry: a challenger made worse on purpose (a churn model of
+    one split, without the BG/NBD features) is registered but does not get the alias; the decision and both sets of numbers are logged on its run and
+    tagged on its version."""
+    import mlflow
+
+    _, second = trained
+    path, as_of, _ = sample
+    cfg = _config(
+        churn={
+            "n_snapshots": 3,
+            "bgnbd_features": False,
+            "bgnbd_prior": "never",
+            "lightgbm": {"n_estimators": 1, "num_leaves": 2, "early_stopping_rounds": 1},
+        },
+    )
+    res = run_train(path, cfg, as_of=as_of, tracking_uri=local_store)
+    client = mlflow.MlflowClient(local_store)
+    assert res.model_version == str(int(second.model_version) + 1)
+    assert not res.promoted
+    mv = client.get_model_version_by_alias("crmkit-customer-scorer", "champion")
+    assert str(mv.version) == second.model_version
+    g = res.gate
+    assert g["champion_version"] == second.model_version
+    worse = [r for r in g["comparison"] if r["verdict"] == "worse"]
+    assert "churn_roc_auc" in [r["metric"] for r in worse]
+    assert all(r["challenger"] < r["champion"] for r in worse)
+    assert g["decision"].startswith("worse than the champion on " + worse[0]["metric"])
+    assert g["champion_metrics"] == pytest.approx(second.scorer.metrics, abs=1e-12)
+    # logged: gate.json, gate metrics, the version's tag
+    run = client.get_run(res.run_id)
+    assert run.data.metrics["gate.promoted"] == 0
+    for r in g["comparison"]:
+        m = r["metric"]
+        assert run.data.metrics[f"gate.challenger.{m}"] == pytest.approx(r["challenger"])
+        assert run.data.metrics[f"gate.champion.{m}"] == pytest.approx(r["champion"])
+    local = mlflow.artifacts.download_artifacts(
+        run_id=res.run_id,
+        artifact_path="registry/gate.json",
+        dst_path=str(tmp_path),
+        tracking_uri=local_store,
+    )
+    logged = json.loads(Path(local).read_text())
+    assert logged["promoted"] is False and logged["decision"] == g["decision"]
+    tags = client.get_model_version("crmkit-customer-scorer", res.model_version).tags
+    assert tags["crmkit.gate"] == g["decision"]
