@@ -40,6 +40,7 @@ import pandas as pd
 
 from crmkit.data.clean import analysis_cutoff
 from crmkit.errors import DataContractError
+from crmkit.features.rfm import factorize_customers
 
 __all__ = ["behaviour_features", "DEFAULT_WINDOWS", "DEFAULT_SEASON_WINDOWS"]
 
@@ -312,7 +313,7 @@ def behaviour_features(
                 rows=rows,
                 hint="crmkit.data.clean.clean_lines drops lines that cannot be used",
             )
-    cust_all, cust_ids = pd.factorize(lines["customer_id"], sort=True)
+    cust_all, cust_ids = factorize_customers(lines["customer_id"])
     buyers = np.bincount(cust_all[past & (qty_all > 0)], minlength=len(cust_ids)) > 0
     if not buyers.any():
         raise DataContractError(

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from crmkit.data.clean import analysis_cutoff
 from crmkit.errors import DataContractError
@@ -106,6 +108,138 @@ class PurchaseDays:
         return first, last
 
 
+def _text_keys(ids: pd.Series) -> tuple[np.ndarray, int | None] | None:
+    """Order-preserving ``uint64`` keys of short Arrow-backed string ids, or ``None``.
+
+    Ids whose UTF-8 encodings all have the same length ``L <= 8`` map to their bytes read
+    as a big-endian integer, zero-padded to 8 bytes (returned width ``L``); ids of at most 7
+    bytes but of varying lengths map to their bytes zero-padded to 7 bytes, then the length
+    as the last byte (returned width ``None``). Either way equal ids get equal keys,
+    different ids different keys, and keys compare as the ids do in Python (UTF-8 byte
+    order is code point order; a proper prefix sorts first). Integers hash and sort much
+    faster than strings. ``None`` for any other storage or length (the caller falls back
+    to :func:`pandas.factorize`).
+    """
+    if not isinstance(ids.dtype, pd.StringDtype) or ids.dtype.storage != "pyarrow":
+        return None
+    arr = ids.array.__arrow_array__()
+    chunks = arr.chunks if isinstance(arr, pa.ChunkedArray) else [arr]
+    parts = []
+    lo, hi = None, 0
+    for ch in chunks:
+        if ch.null_count or not (pa.types.is_string(ch.type) or pa.types.is_large_string(ch.type)):
+            return None
+        _, obuf, dbuf = ch.buffers()
+        otype = np.int64 if pa.types.is_large_string(ch.type) else np.int32
+        off = np.frombuffer(obuf, dtype=otype)[ch.offset : ch.offset + len(ch) + 1]
+        off = off.astype(np.int64)
+        data = np.frombuffer(dbuf, dtype=np.uint8) if dbuf is not None else np.zeros(0, np.uint8)
+        length = np.diff(off)
+        if len(length):
+            lo = int(length.min()) if lo is None else min(lo, int(length.min()))
+            hi = max(hi, int(length.max()))
+        parts.append((off, data, length))
+    width = hi if lo == hi and 1 <= hi <= 8 else None
+    if width is None and hi > 7:
+        return None
+    keys = []
+    for off, data, length in parts:
+        m = len(length)
+        pad = np.zeros((m, 8), dtype=np.uint8)
+        if width:
+            pad[:, :width] = data[off[0] : off[-1]].reshape(m, width)
+        else:
+            pad[:, 7] = length
+            begin = off[:-1]
+            for j in range(hi):
+                has = np.flatnonzero(length > j)
+                pad[has, j] = data[begin[has] + j]
+        keys.append(pad.view(">u8").ravel().astype(np.uint64))
+    if not keys:
+        return np.zeros(0, dtype=np.uint64), width
+    return (np.concatenate(keys) if len(keys) > 1 else keys[0]), width
+
+
+def _text_from_keys(keys: np.ndarray, width: int | None, dtype: pd.StringDtype) -> pd.Index:
+    """The ids of :func:`_text_keys` keys, as strings of ``dtype``."""
+    pad = keys.astype(">u8").view(np.uint8).reshape(len(keys), 8)
+    if width:
+        data = np.ascontiguousarray(pad[:, :width]).ravel()
+        offsets = np.arange(len(keys) + 1, dtype=np.int64) * width
+    else:
+        length = pad[:, 7].astype(np.int64)
+        data = pad[:, :7][np.arange(7) < length[:, None]]
+        offsets = np.concatenate([[0], np.cumsum(length)])
+    text = pa.Array.from_buffers(
+        pa.large_string(), len(keys), [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+    )
+    return pd.Index(pd.array(text, dtype=dtype), name="customer_id")
+
+
+def _run_heads(values: np.ndarray) -> np.ndarray:
+    """Positions where a run of equal adjacent values starts."""
+    head = np.ones(len(values), dtype=bool)
+    np.not_equal(values[1:], values[:-1], out=head[1:])
+    return np.flatnonzero(head)
+
+
+def factorize_customers(ids: pd.Series) -> tuple[np.ndarray, pd.Index]:
+    """``pd.factorize(ids, sort=True)``, with the same codes and uniques (values, order and
+    dtype), faster for categorical and short Arrow-backed string ids.
+
+    Categorical: the category codes, renumbered over the used categories (in category
+    order, as ``pd.factorize`` sorts a categorical). Short strings: integer keys
+    (:func:`_text_keys`), one per run of equal adjacent ids (the lines of one order), hashed
+    with Arrow's ``dictionary_encode``; only the small dictionary is sorted, and the sorted
+    ids are decoded from it. Codes are ``int32`` or ``int64``.
+    """
+    if isinstance(ids.dtype, pd.CategoricalDtype):
+        cat = ids.cat.codes.to_numpy()
+        if len(cat) and cat.min() < 0:  # missing ids: pandas' handling
+            codes, uniques = pd.factorize(ids, sort=True)
+            return codes, pd.Index(uniques, name="customer_id")
+        used = np.bincount(cat, minlength=len(ids.cat.categories)) > 0
+        renumber = (np.cumsum(used) - 1).astype(np.int32 if len(used) < 2**31 else np.int64)
+        uniques = pd.Categorical.from_codes(np.flatnonzero(used), dtype=ids.dtype)
+        return renumber[cat], pd.Index(uniques, name="customer_id")
+    found = _text_keys(ids)
+    if found is None:
+        codes, uniques = pd.factorize(ids, sort=True)
+        return codes, pd.Index(uniques, name="customer_id")
+    keys, width = found
+    heads = _run_heads(keys)
+    enc = pc.dictionary_encode(pa.array(keys[heads], type=pa.uint64()))
+    dictionary = enc.dictionary.to_numpy()
+    order = np.argsort(dictionary)
+    rank = np.empty(len(order), dtype=np.int32)
+    rank[order] = np.arange(len(order), dtype=np.int32)
+    run_codes = rank[enc.indices.to_numpy()]
+    codes = np.repeat(run_codes, np.diff(heads, append=len(keys)))
+    return codes, _text_from_keys(dictionary[order], width, ids.dtype)
+
+
+def _window_mask(ns: np.ndarray, start: object, end: object) -> np.ndarray | None:
+    """Lines with ``start <= order_ts < end`` (``None``: every line)."""
+    in_range = None
+    if start is not None:
+        in_range = ns >= pd.Timestamp(start).value
+    if end is not None:
+        below = ns < pd.Timestamp(end).value
+        in_range = below if in_range is None else in_range & below
+    return in_range
+
+
+def _window_block(in_range: np.ndarray | None, n: int) -> tuple[slice, np.ndarray | None]:
+    """The smallest block of lines holding every in-range line (all lines when there is
+    none) and the in-range mask over that block (``None`` when it is all in range)."""
+    if in_range is None or not in_range.any():
+        return slice(0, n), in_range
+    lo = int(np.argmax(in_range))
+    hi = n - int(np.argmax(in_range[::-1]))
+    mask = in_range[lo:hi]
+    return slice(lo, hi), None if mask.all() else mask
+
+
 def purchase_days(
     lines: pd.DataFrame,
     *,
@@ -131,31 +265,46 @@ def purchase_days(
         ``line_on_purchase_day`` false outside the range). Customers with no line in the
         range have no purchase days.
     """
+    return _purchase_days(lines, value_col, purchases_only, start, end, every_line=True)
+
+
+def _purchase_days(
+    lines: pd.DataFrame,
+    value_col: str | None,
+    purchases_only: bool,
+    start: object,
+    end: object,
+    *,
+    every_line: bool,
+) -> PurchaseDays:
+    """:func:`purchase_days`; with ``every_line=False`` the ``line_*`` arrays (and the
+    customers) cover only the smallest block of lines holding every line in the window (all
+    lines outside it are skipped, e.g. the later ones of time-ordered lines)."""
     _require(lines, ("customer_id", "order_ts") + ((value_col,) if value_col else ()))
-    if lines["customer_id"].isna().any():
+    ids = lines["customer_id"]
+    if ids.isna().any():
         raise DataContractError(
             "customer_id has missing values; clean the lines first",
             column="customer_id",
             rule="missing_customer_id",
         )
-    codes, uniques = pd.factorize(lines["customer_id"], sort=True)
     ns = lines["order_ts"].to_numpy(dtype="datetime64[ns]").view(np.int64)
-    in_range = None
-    if start is not None:
-        in_range = ns >= pd.Timestamp(start).value
-    if end is not None:
-        below = ns < pd.Timestamp(end).value
-        in_range = below if in_range is None else in_range & below
+    in_range = _window_mask(ns, start, end)
+    if every_line:
+        block = slice(0, len(ns))
+    else:
+        block, in_range = _window_block(in_range, len(ns))
+    codes, uniques = factorize_customers(ids.iloc[block])
+    ns = ns[block]
     vals = (
-        lines[value_col].to_numpy(dtype=np.float64)
+        lines[value_col].to_numpy(dtype=np.float64)[block]
         if value_col
-        else np.zeros(len(lines), dtype=np.float64)
+        else np.zeros(len(ns), dtype=np.float64)
     )
     if purchases_only and "quantity" in lines.columns:
-        purchase = lines["quantity"].to_numpy(dtype=np.float64) > 0
+        purchase = lines["quantity"].to_numpy(dtype=np.float64)[block] > 0
     else:
-        purchase = np.ones(len(lines), dtype=bool)
-    codes = codes.astype(np.int64, copy=False)
+        purchase = np.ones(len(ns), dtype=bool)
     # Lines outside [start, end) take no part (masked, not copied out).
     returns = ~purchase
     if in_range is not None:
@@ -164,24 +313,26 @@ def purchase_days(
     days = ns // _DAY_NS
     d0 = int(days.min()) if len(days) else 0
     span = int(days.max()) - d0 + 1 if len(days) else 1
-    key = codes * span + (days - d0)
-    pkeys = np.sort(key[purchase])
-    keep = np.ones(len(pkeys), dtype=bool)
-    keep[1:] = pkeys[1:] != pkeys[:-1]
-    ukey = pkeys[keep]
+    # (customer, day) keys; 32-bit when they fit (a faster sort)
+    kt = np.uint32 if len(uniques) * span < 2**32 else np.int64
+    key = codes.astype(kt) * kt(span) + (days - d0).astype(kt)
+    pkeys = key[purchase]
+    # adjacent repeats (lines of one order) dropped before the sort; the set is the same
+    pkeys = np.sort(pkeys[_run_heads(pkeys)])
+    ukey = pkeys[_run_heads(pkeys)]
     on_day = purchase.copy()
     if returns.any():
         rk = key[returns]
         pos = np.minimum(np.searchsorted(ukey, rk), max(len(ukey) - 1, 0))
         on_day[returns] = ukey[pos] == rk if len(ukey) else False
     return PurchaseDays(
-        customers=pd.Index(uniques, name="customer_id"),
-        line_code=codes,
+        customers=uniques,
+        line_code=codes.astype(np.int64) if every_line else codes,
         line_day=days,
         line_value=vals,
         line_on_purchase_day=on_day,
-        day_code=ukey // span,
-        day=ukey % span + d0,
+        day_code=(ukey // kt(span)).astype(np.int64),
+        day=(ukey % kt(span)).astype(np.int64) + d0,
     )
 
 
@@ -242,7 +393,7 @@ def rfm_summary(
     purchase on or before ``as_of``.
     """
     ud = _unit_days(unit)
-    days = purchase_days(lines, value_col=value_col, end=analysis_cutoff(as_of))
+    days = _purchase_days(lines, value_col, True, None, analysis_cutoff(as_of), every_line=False)
     if len(days.day) == 0:
         raise DataContractError(
             f"no purchases on or before the analysis date {as_of}", rule="empty_window"
@@ -282,7 +433,7 @@ def calibration_holdout_summary(
     n = len(cal)
     freq_h = np.zeros(n)
     mv_h = np.zeros(n)
-    hd = purchase_days(lines, value_col=value_col, start=cal_cut, end=hold_cut)
+    hd = _purchase_days(lines, value_col, True, cal_cut, hold_cut, every_line=False)
     if len(hd.day):
         pos = cal.index.get_indexer(hd.customers)
         known = pos >= 0  # the calibration cohort only

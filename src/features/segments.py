@@ -75,6 +75,7 @@ import pandas as pd
 
 from crmkit.data.clean import analysis_cutoff
 from crmkit.errors import ConfigError, DataContractError
+from crmkit.features.rfm import factorize_customers
 
 __all__ = [
     "DAYS_PER_MONTH",
@@ -220,7 +221,13 @@ def order_table(lines: pd.DataFrame, as_of: object) -> OrderTable:
     cutoff = _cutoff(as_of)
     ts = ts_col.to_numpy(dtype="datetime64[ns]")
     past = ts < np.datetime64(cutoff.as_unit("ns").asm8)
-    take = None if past.all() else np.flatnonzero(past)
+    n_past = int(past.sum())
+    if n_past == len(past):
+        take = None
+    elif past[:n_past].all():  # time-ordered lines: the past is a prefix, sliced without a copy
+        take = slice(0, n_past)
+    else:
+        take = np.flatnonzero(past)
 
     def col(name: str) -> pd.Series:
         s = lines[name]
@@ -254,7 +261,7 @@ def order_table(lines: pd.DataFrame, as_of: object) -> OrderTable:
         )
     ts = ts if take is None else ts[take]
 
-    ccode, customers = pd.factorize(cust, sort=True)
+    ccode, customers = factorize_customers(cust)
     ocode, ouniq = pd.factorize(col("order_id"))
     key = ccode.astype(np.int64) * max(len(ouniq), 1) + ocode
     oidx, okeys = pd.factorize(key)

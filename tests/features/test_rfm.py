@@ -192,3 +192,89 @@ def test_bad_input():
         rfm_summary(lines.assign(customer_id=[None]), "2023-02-01")
     with pytest.raises(DataContractError, match="must come after"):
         calibration_holdout_summary(lines, "2023-02-01", "2023-01-15")
+
+
+def _id_series(kind: str) -> pd.Series:
+    rng = np.random.default_rng(11)
+    if kind == "fixed width":
+        ids = ["C" + str(v).zfill(6) for v in rng.integers(0, 300, 2000)]
+    elif kind == "width 8":
+        ids = ["".join(rng.choice(list("aZ09é"), 4)) + "-x" for _ in range(2000)]
+    elif kind == "varying length":  # prefixes, NUL, multi-byte UTF-8, the empty id
+        ids = [
+            "".join(rng.choice(["a", "b", "\x00", "é", "中"], rng.integers(0, 4)))
+            for _ in range(2000)
+        ]
+    elif kind == "unpadded numbers":
+        ids = [str(v) for v in rng.integers(0, 10**6, 2000)]
+    else:  # longer than 8 bytes: pandas' factorize
+        ids = [f"customer-{v}@example.org" for v in rng.integers(0, 300, 2000)]
+    return pd.Series(ids, dtype="str")
+
+
+@pytest.mark.parametrize(
+    "kind", ["fixed width", "width 8", "varying length", "unpadded numbers", "long"]
+)
+@pytest.mark.parametrize("storage", ["str", "string[pyarrow]", "string[python]", "object"])
+def test_customer_codes_equal_pandas_factorize(kind, storage):
+    import pyarrow as pa
+
+    from crmkit.features.rfm import factorize_customers
+
+    base = _id_series(kind)
+    chunked = pa.chunked_array(
+        [
+            pa.array(base[:700].tolist(), pa.large_string()),
+            pa.array(base[700:].tolist(), pa.large_string()),
+        ]
+    )
+    variants = [base.astype(storage), base.astype(storage).iloc[5:-5]]
+    if storage == "str":
+        variants.append(pd.Series(pd.array(chunked, dtype="str")))
+    for ids in variants:
+        codes, uniques = factorize_customers(ids)
+        ref_codes, ref_uniques = pd.factorize(ids, sort=True)
+        np.testing.assert_array_equal(codes, ref_codes)
+        pd.testing.assert_index_equal(uniques, pd.Index(ref_uniques, name="customer_id"))
+        assert uniques.tolist() == sorted(set(ids))
+
+
+@pytest.mark.parametrize("ordered", [False, True])
+def test_categorical_ids_give_the_same_summary_in_category_order(sim_lines, ordered):
+    from crmkit.features.rfm import factorize_customers
+
+    as_of = "2023-03-31"
+    plain = rfm_summary(sim_lines, as_of, unit="W")
+    rng = np.random.default_rng(2)
+    cats = np.concatenate([sim_lines["customer_id"].unique(), ["never-bought-1", "zz-unused"]])
+    rng.shuffle(cats)
+    dtype = pd.CategoricalDtype(cats, ordered=ordered)
+    ids = sim_lines["customer_id"].astype(dtype)
+    codes, uniques = factorize_customers(ids)
+    ref_codes, ref_uniques = pd.factorize(ids, sort=True)
+    np.testing.assert_array_equal(codes, ref_codes)
+    pd.testing.assert_index_equal(uniques, pd.Index(ref_uniques, name="customer_id"), exact=True)
+
+    ours = rfm_summary(sim_lines.assign(customer_id=ids), as_of, unit="W")
+    buyers = set(plain.index)
+    order = [c for c in cats if c in buyers]  # category order, buyers only
+    assert isinstance(ours.index, pd.CategoricalIndex) and ours.index.dtype == dtype
+    assert ours.index.tolist() == order
+    pd.testing.assert_frame_equal(
+        ours.set_axis(ours.index.astype("str")), plain.loc[order], check_exact=True
+    )
+
+
+@pytest.mark.parametrize("ids", ["varying length", "long", "object"])
+def test_equals_lifetimes_with_other_customer_id_encodings(sim_lines, ids):
+    as_of = "2023-03-31"
+    if ids == "varying length":  # "C000012" -> "12": keys with a length byte
+        cust = sim_lines["customer_id"].str.lstrip("C0")
+    elif ids == "long":  # over 8 bytes: pandas' factorize
+        cust = "customer-" + sim_lines["customer_id"]
+    else:
+        cust = sim_lines["customer_id"].astype(object)
+    lines = sim_lines.assign(customer_id=cust)
+    ours = rfm_summary(lines, as_of, unit="D")
+    assert ours.index.dtype == cust.dtype
+    _assert_same(ours, _lifetimes_summary(lines, as_of, "D"))
