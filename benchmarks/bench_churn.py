@@ -6,11 +6,13 @@ whole process, interpreter and imports included):
 1. **synthetic snapshot matrix** - ``--rows`` training rows (default 1,000,000) x 40 features
    (36 numeric, a BG/NBD-like probability column, 3 categoricals), 10 % as many validation
    rows, churn drawn from a logistic model with interactions. Timed: ``ChurnModel.fit`` with
-   the defaults of the churn stage (2 threads, early stopping, calibration, the BG/NBD prior
-   tried both ways, so two boosters are trained), the same with one booster
-   (``bgnbd_prior="never"``), and scoring the validation rows. The synthetic signal is smooth
-   enough that early stopping does not trigger before the 1,000-round cap: a worst case.
-   Target: fit under 2 minutes on 2 cores.
+   the defaults of the churn stage (2 threads, early stopping, calibration, ``bgnbd_prior:
+   auto``: above ``prior_sample_rows`` (100,000) training rows the BG/NBD prior is tried
+   both ways on a 100,000-row sample, then only the winner is trained on all rows), the same
+   with one booster (``bgnbd_prior="never"``), and scoring the validation rows. The synthetic
+   signal is smooth enough that early stopping does not trigger before the 1,000-round cap:
+   a worst case. Target: fit of 1,000,000 rows under 2 minutes on 2 cores (judged only for
+   ``--rows`` of at least 1,000,000).
 2. **realistic run** - ``crmkit.pipelines.churn.compute_churn`` on simulated order lines of
    ``--customers`` customers (acquired over 75 weeks, as-of 2023-06-30, 24 weekly training
    cutoffs): snapshots, training, scoring, explanations and plots, with the time per stage.
@@ -35,6 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import Measurement, machine, measure, table  # noqa: E402
 
 N_NUMERIC = 36
+#: The issue's target: ChurnModel.fit on 1M snapshot rows in under 2 minutes on 2 cores.
+TARGET_ROWS = 1_000_000
+TARGET_S = 120
 N_CATEGORICAL = 3
 
 
@@ -90,6 +95,10 @@ def fit_synthetic(n_rows: int, folder: str, prior: str = "auto") -> dict:
         "score_s": score_s,
         "shape": X.shape,
         "rounds": model.prior_results_["best_iteration"].tolist(),
+        "boosters": [
+            (bool(b.prior), int(b.train_rows), int(b.best_iteration))
+            for b in model.prior_results_.itertuples()
+        ],
         "prior_used": model.prior_used_,
         "val_auc": float(roc_auc_score(yv, p)),
         "mean_p": float(np.mean(p)),
@@ -154,7 +163,7 @@ def main() -> None:
         r, r1 = syn.result, one.result
         print(f"\nsynthetic snapshot matrix: {r['shape'][0]:,} rows x {r['shape'][1]} features")
         rows = [
-            Measurement("ChurnModel.fit, defaults (2 boosters)", r["fit_s"], syn.peak_rss_mb),
+            Measurement("ChurnModel.fit, defaults (prior auto)", r["fit_s"], syn.peak_rss_mb),
             Measurement("ChurnModel.fit, bgnbd_prior=never", r1["fit_s"], one.peak_rss_mb),
             Measurement(
                 f"predict_proba ({max(args.rows // 10, 1000):,} rows)",
@@ -162,18 +171,18 @@ def main() -> None:
                 syn.peak_rss_mb,
             ),
         ]
-        print(
-            table(
-                rows,
-                {
-                    "boosting rounds (defaults: without / with prior)": str(r["rounds"]),
-                    "boosting rounds (prior never)": str(r1["rounds"]),
-                    "validation ROC-AUC": f"{r['val_auc']:.4f}",
-                    "target": "fit < 120 s on 2 cores: "
-                    + ("met" if r["fit_s"] < 120 else "NOT met"),
-                },
+        notes = {
+            "boosters (defaults: prior, training rows, rounds)": str(r["boosters"]),
+            "boosting rounds (prior never)": str(r1["rounds"]),
+            "validation ROC-AUC": f"{r['val_auc']:.4f}",
+        }
+        if args.rows >= TARGET_ROWS:
+            notes["target"] = f"fit of {args.rows:,} rows < {TARGET_S} s on 2 cores: " + (
+                "met" if r["fit_s"] < TARGET_S else "NOT met"
             )
-        )
+        else:
+            notes["target"] = f"not judged: the target is for >= {TARGET_ROWS:,} rows"
+        print(table(rows, notes))
         gen = measure("simulate + clean + write", make_lines, args.customers, tmp)
         real = measure("compute_churn", realistic, gen.result["path"])
         x = real.result

@@ -38,6 +38,23 @@ Customers (BG/NBD, Fader, Hardie & Lee 2005)
     BG/NBD fit on them over-estimates ``alpha`` by about 6 %; counting orders recovers the
     parameters without bias.
 
+Bad experiences (optional; off by default: ``bad_experience_rate = 0`` changes nothing)
+    A world where dropout also depends on behaviour a shop can see. Each order - the first
+    one too - is a bad experience (a damaged, late or wrong delivery) with probability
+    ``rho = bad_experience_rate``; right after it the customer quits for good with
+    probability ``pi = bad_experience_dropout``, on top of the BG/NBD dropout. So the first
+    fatal order has index ``F = Geometric(rho * pi) - 1`` (0 = the first purchase), the
+    customer dies at order ``min(K_i, F)`` if that is within the data, and every other order
+    is a (survived) bad experience with probability ``rho (1 - pi) / (1 - rho pi)``. Each bad
+    order's first line comes back: a line with the negated quantity under the order's own id,
+    dated 2-14 days (plus 0-10 hours) after the order, capped at the end of ``end`` - a
+    *return* for :func:`crmkit.data.clean.clean_lines` (kept as a negative line by
+    ``returns: net``). The purchase process is no longer BG/NBD, so BG/NBD's P(no purchase)
+    is no longer the best possible churn score: the returns carry information it ignores.
+    ``truth.customers`` gains ``n_bad_experiences`` and ``quit_after_bad_experience``;
+    ``truth.n_return_lines`` counts the return lines. Its random numbers come from a stream
+    of their own (``experience``), not drawn at all when the option is off.
+
 Order value (Gamma-Gamma, Fader, Hardie & Lee 2005)
     ``nu_i ~ Gamma(shape=q, rate=gamma)``; every order of customer ``i`` has value
     ``z ~ Gamma(shape=p, rate=nu_i)``, drawn before its basket. Once the basket is built, its
@@ -114,7 +131,8 @@ Dirty rows
 
     No dirty row belongs to two kinds, and the clean lines are exactly the rows that remain
     after dropping NaN customers, ``C`` orders, ``POST`` lines, non-positive prices and
-    duplicated rows. Ground-truth order counts and alive flags refer to clean orders only.
+    duplicated rows (and, with bad experiences, the return lines: negative quantities).
+    Ground-truth order counts and alive flags refer to clean orders only.
 
 Randomness comes from ``numpy.random.Generator(PCG64(...))`` streams spawned from
 ``SeedSequence(seed)``, one per stage, so the same parameters always give identical output.
@@ -215,7 +233,9 @@ _BASKET_TOLERANCE = 0.15
 _MAX_MISSES = 3
 _FORCE_AFTER = 6
 _MAX_ROUNDS = 60
-_STAGES = ("catalogue", "customers", "times", "baskets", "prices", "dirty")
+_STAGES = ("catalogue", "customers", "times", "baskets", "prices", "dirty", "experience")
+# Days (integer part) from an order to the return of a line after a bad experience.
+_RETURN_DAYS = (2, 15)
 
 
 @dataclass(frozen=True)
@@ -264,6 +284,13 @@ class SimulationParams:
         Product popularity is proportional to ``1 / rank ** zipf_exponent``.
     consumable_adoption
         Share of customers who repurchase one favourite consumable on its cycle.
+    bad_experience_rate
+        Share of orders with a bad experience (a damaged, late or wrong delivery), each
+        followed by the return of one line; ``0`` (default) turns the mechanism off and leaves
+        the output unchanged. See *Bad experiences* in the module docstring.
+    bad_experience_dropout
+        Probability that a customer drops out for good right after a bad experience (on top
+        of the BG/NBD dropout).
     seed
         Seed of all random streams.
     """
@@ -290,6 +317,8 @@ class SimulationParams:
     category_loyalty: float = 0.5
     zipf_exponent: float = 1.0
     consumable_adoption: float = 0.3
+    bad_experience_rate: float = 0.0
+    bad_experience_dropout: float = 0.5
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -312,10 +341,14 @@ class SimulationParams:
             "consumable_share",
             "category_loyalty",
             "consumable_adoption",
+            "bad_experience_dropout",
         ):
             value = _as_float(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"{name} must be in [0, 1], got {value!r}")
+        bad = _as_float(self, "bad_experience_rate")
+        if not 0.0 <= bad < 1.0:
+            raise ConfigError(f"bad_experience_rate must be in [0, 1), got {bad!r}")
         fraction = _as_float(self, "dirty_fraction")
         if not 0.0 <= fraction <= 0.5:
             raise ConfigError(f"dirty_fraction must be in [0, 0.5], got {fraction!r}")
@@ -427,6 +460,9 @@ class SimulationTruth:
         Exact number of planted dirty rows per kind (see :data:`DIRTY_KINDS`).
     n_clean_lines
         Number of clean order lines.
+    n_return_lines
+        Number of return lines after bad experiences (0 unless ``bad_experience_rate > 0``;
+        then ``customers`` also has ``n_bad_experiences`` and ``quit_after_bad_experience``).
     """
 
     params: SimulationParams
@@ -435,6 +471,7 @@ class SimulationTruth:
     rules: pd.DataFrame
     dirty: dict[str, int]
     n_clean_lines: int = 0
+    n_return_lines: int = 0
 
     def to_json_dict(self) -> dict[str, Any]:
         """A JSON-serialisable summary: parameters, dirty counts, rules and headline counts."""
@@ -444,6 +481,7 @@ class SimulationTruth:
             "dirty": {k: int(v) for k, v in self.dirty.items()},
             "n_dirty_lines": int(sum(self.dirty.values())),
             "n_clean_lines": int(self.n_clean_lines),
+            "n_return_lines": int(self.n_return_lines),
             "n_customers": int(len(c)),
             "n_alive_at_cutoff": int(c["alive_at_cutoff"].sum()),
             "n_dead_by_end": int(c["death_ts"].notna().sum()),
@@ -549,11 +587,17 @@ def simulate_transactions(
 
     cat = _make_catalogue(params, rngs["catalogue"])
     cust = _make_customers(params, cat, rngs["customers"])
+    if params.bad_experience_rate > 0:
+        _add_bad_experiences(params, cust, rngs["experience"])
     orders = _make_orders(params, cust, rngs["times"])
+    if params.bad_experience_rate > 0:
+        _mark_bad_orders(params, cust, orders, rngs["experience"])
     _draw_order_values(params, cust, orders, rngs["prices"])
     basket = _make_baskets(params, cat, cust, orders, rngs["baskets"])
     line_price = _price_lines(cat, orders, basket)
-    return _assemble(params, cat, cust, orders, basket, line_price, rngs["dirty"])
+    return _assemble(
+        params, cat, cust, orders, basket, line_price, rngs["dirty"], rngs["experience"]
+    )
 
 
 # --------------------------------------------------------------------------- catalogue
@@ -676,6 +720,7 @@ def _make_customers(
         "p_drop": p_drop,
         "nu": nu,
         "n_events": n_events,
+        "k_drop": k_drop,
         "n_repeat": n_repeat,
         "died": died,
         "fav_cat": fav_cat,
@@ -683,6 +728,43 @@ def _make_customers(
         "fav_cons": fav_cons,
         "cycle_ns": cycle_ns,
     }
+
+
+def _add_bad_experiences(
+    params: SimulationParams, cust: dict[str, Any], rng: np.random.Generator
+) -> None:
+    """Dropout after a bad experience, on top of BG/NBD's: each order (the first one too) is
+    a bad experience with probability ``rho = bad_experience_rate``, after which the customer
+    quits with probability ``pi = bad_experience_dropout``. The first fatal order (index ``F``,
+    0 = the first purchase) is ``Geometric(rho * pi) - 1``; the customer dies at order
+    ``min(K, F)`` (``K``: BG/NBD's dropout order) if that is within the data."""
+    fatal_p = params.bad_experience_rate * params.bad_experience_dropout
+    n = params.n_customers
+    fatal = (
+        rng.geometric(fatal_p, n).astype(np.int64) - 1
+        if fatal_p > 0
+        else np.full(n, np.iinfo(np.int64).max)
+    )
+    death = np.minimum(cust["k_drop"], fatal)
+    cust["died"] = death <= cust["n_events"]
+    cust["n_repeat"] = np.minimum(death, cust["n_events"]).astype(np.int64)
+    cust["quit_bad"] = cust["died"] & (fatal <= cust["k_drop"])
+
+
+def _mark_bad_orders(
+    params: SimulationParams,
+    cust: dict[str, Any],
+    orders: dict[str, Any],
+    rng: np.random.Generator,
+) -> None:
+    """``orders["bad"]``: the fatal order of customers who quit after a bad experience (their
+    last), and every other order with the probability of a bad experience that did not make
+    the customer quit, ``rho (1 - pi) / (1 - rho pi)``."""
+    rho, pi = params.bad_experience_rate, params.bad_experience_dropout
+    c = orders["cust"]
+    last = orders["pos"] == cust["n_repeat"][c]
+    bad = rng.random(orders["n_orders"]) < rho * (1.0 - pi) / (1.0 - rho * pi)
+    orders["bad"] = bad | (last & cust["quit_bad"][c])
 
 
 def _draw_segments(
@@ -979,6 +1061,7 @@ def _assemble(
     basket: dict[str, Any],
     price: np.ndarray,
     rng: np.random.Generator,
+    rng_returns: np.random.Generator,
 ) -> SimulationResult:
     n_prod = params.n_products
     n_clean = len(price)
@@ -1084,6 +1167,24 @@ def _assemble(
             price=np.zeros(k_zero),
         )
     )
+    n_returns = 0
+    if "bad" in orders:
+        # bad experiences: the first line of each bad order comes back 2-14 days later
+        # (a negative quantity under the order's own id, not a cancellation)
+        bad_orders = np.flatnonzero(orders["bad"])
+        first_line = np.searchsorted(lo, bad_orders)
+        delay = (
+            rng_returns.integers(*_RETURN_DAYS, len(bad_orders)) * _NS_PER_DAY
+            + rng_returns.integers(0, 10 * 3600, len(bad_orders)) * _NS_PER_SECOND
+        )
+        parts.append(
+            clean_rows(
+                first_line,
+                ts=np.minimum(ots[bad_orders] + delay, end_excl - _NS_PER_SECOND),
+                qty=-basket["quantity"][first_line],
+            )
+        )
+        n_returns = len(bad_orders)
     dirty = {
         "missing_customer_id": int(k),
         "cancellation": int(k_cancel),
@@ -1120,9 +1221,15 @@ def _assemble(
     )
 
     stats = orders["stats"]
+    customers = _truth_customers(params, cat, cust, stats)
+    if "bad" in orders:
+        customers["n_bad_experiences"] = np.bincount(
+            orders["cust"][orders["bad"]], minlength=params.n_customers
+        ).astype(np.int64)
+        customers["quit_after_bad_experience"] = cust["quit_bad"]
     truth = SimulationTruth(
         params=params,
-        customers=_truth_customers(params, cat, cust, stats),
+        customers=customers,
         products=_truth_products(cat),
         rules=pd.DataFrame(
             {
@@ -1135,6 +1242,7 @@ def _assemble(
         ),
         dirty=dirty,
         n_clean_lines=int(n_clean),
+        n_return_lines=int(n_returns),
     )
     return SimulationResult(lines=lines, truth=truth)
 

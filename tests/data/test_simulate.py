@@ -143,6 +143,63 @@ def test_clean_lines_do_not_depend_on_dirty_fraction() -> None:
     pd.testing.assert_frame_equal(a[cols].reset_index(drop=True), b[cols].reset_index(drop=True))
 
 
+def _digest(frame: pd.DataFrame) -> str:
+    import hashlib
+
+    return hashlib.sha256(pd.util.hash_pandas_object(frame, index=True).to_numpy()).hexdigest()
+
+
+def test_bad_experiences_off_by_default_leave_the_output_unchanged() -> None:
+    """The optional bad-experience mechanism is off by default and then changes nothing: the
+    digests are those of the simulator before the option existed (commit 4b26241)."""
+    res = simulate_transactions(n_customers=1500, seed=11, bad_experience_rate=0.0)
+    assert _digest(res.lines) == "292c1d5745c021a37ed3904c2885947f3e0f8c2657835496e7ea17e9a473c417"
+    assert (
+        _digest(res.truth.customers)
+        == "73e575bdca510bbaba9503d01f1b59fe31fed29877b9f13b13da89b5f82d53a7"
+    )
+    assert res.truth.n_return_lines == 0
+    assert SimulationParams().bad_experience_rate == 0.0
+
+
+def test_bad_experiences_plant_returns_and_raise_dropout() -> None:
+    """bad_experience_rate rho = 0.1, bad_experience_dropout pi = 0.6: every bad order gets
+    one return line (its first line, negative quantity, same order id, 2-14 days later); a
+    share rho of all orders is bad and a share pi of the bad experiences ends the customer's
+    life at that order (Wald's identity: the process stops only after an order). Tolerances:
+    about 4 binomial standard errors at 5,000 customers."""
+    res = simulate_transactions(
+        n_customers=5000, seed=3, bad_experience_rate=0.1, bad_experience_dropout=0.6
+    )
+    lines, cust = res.lines, res.truth.customers
+    ret = lines[(lines["quantity"] < 0) & ~lines["order_id"].str.startswith("C")]
+    assert len(ret) == res.truth.n_return_lines == cust["n_bad_experiences"].sum() > 1000
+    assert ret["order_id"].is_unique
+    clean = clean_lines(lines[lines["quantity"] > 0])
+    first = clean.groupby("order_id", sort=False).first()
+    bought = first.loc[ret["order_id"]]
+    assert (bought["product_id"].to_numpy() == ret["product_id"].to_numpy()).all()
+    assert (bought["quantity"].to_numpy() == -ret["quantity"].to_numpy()).all()
+    assert (bought["customer_id"].to_numpy() == ret["customer_id"].to_numpy()).all()
+    days = (ret["order_ts"].to_numpy() - bought["order_ts"].to_numpy()) / pd.Timedelta(days=1)
+    capped = ret["order_ts"].to_numpy() == pd.Timestamp("2023-12-31 23:59:59")
+    assert ((days >= 2) & (days < 15) | capped).all()
+    n_orders = clean["order_id"].nunique()
+    assert abs(len(ret) / n_orders - 0.1) < 0.008
+    quit_bad = cust["quit_after_bad_experience"]
+    assert abs(quit_bad.sum() / len(ret) - 0.6) < 0.04
+    # a customer who quit after a bad experience died at their last order, which was returned
+    last = clean.sort_values("order_ts").groupby("customer_id")["order_id"].last()
+    quitters = cust.loc[quit_bad, "customer_id"]
+    assert last.loc[quitters].isin(ret["order_id"]).all()
+    died_at = cust.loc[quit_bad, "death_ts"].to_numpy()
+    assert (died_at == clean.groupby("customer_id")["order_ts"].max().loc[quitters]).all()
+    # still sorted, and the dirty rows are as without the option
+    keys = lines[["order_ts", "order_id", "product_id"]]
+    assert keys.equals(keys.sort_values(["order_ts", "order_id", "product_id"], kind="stable"))
+    assert set(res.truth.dirty) == set(DIRTY_KINDS)
+
+
 # --------------------------------------------------------------------------- schema
 
 
@@ -514,6 +571,8 @@ def test_to_json_dict_is_serialisable(default_result: SimulationResult) -> None:
         ({"n_products": 30}, "n_products"),
         ({"n_products": 40, "n_affinities": 10}, "n_affinities"),
         ({"price_level": 0.0}, "price_level"),
+        ({"bad_experience_rate": 1.0}, "bad_experience_rate"),
+        ({"bad_experience_dropout": 1.5}, "bad_experience_dropout"),
     ],
 )
 def test_invalid_parameters_raise_value_error_naming_them(overrides: dict, name: str) -> None:
