@@ -132,7 +132,7 @@ def _text_keys(ids: pd.Series) -> tuple[np.ndarray, int | None] | None:
         _, obuf, dbuf = ch.buffers()
         otype = np.int64 if pa.types.is_large_string(ch.type) else np.int32
         off = np.frombuffer(obuf, dtype=otype)[ch.offset : ch.offset + len(ch) + 1]
-        off = off.astype(np.int64)
+        off = off.astype(np.int64, copy=False)
         data = np.frombuffer(dbuf, dtype=np.uint8) if dbuf is not None else np.zeros(0, np.uint8)
         length = np.diff(off)
         if len(length):
@@ -142,22 +142,21 @@ def _text_keys(ids: pd.Series) -> tuple[np.ndarray, int | None] | None:
     width = hi if lo == hi and 1 <= hi <= 8 else None
     if width is None and hi > 7:
         return None
-    keys = []
+    pad = np.zeros((len(ids), 8), dtype=np.uint8)  # one row of key bytes per id
+    row = 0
     for off, data, length in parts:
         m = len(length)
-        pad = np.zeros((m, 8), dtype=np.uint8)
+        rows = pad[row : row + m]
+        row += m
         if width:
-            pad[:, :width] = data[off[0] : off[-1]].reshape(m, width)
+            rows[:, :width] = data[off[0] : off[-1]].reshape(m, width)
         else:
-            pad[:, 7] = length
+            rows[:, 7] = length
             begin = off[:-1]
             for j in range(hi):
                 has = np.flatnonzero(length > j)
-                pad[has, j] = data[begin[has] + j]
-        keys.append(pad.view(">u8").ravel().astype(np.uint64))
-    if not keys:
-        return np.zeros(0, dtype=np.uint64), width
-    return (np.concatenate(keys) if len(keys) > 1 else keys[0]), width
+                rows[has, j] = data[begin[has] + j]
+    return pad.view(">u8").ravel().astype(np.uint64), width
 
 
 def _text_from_keys(keys: np.ndarray, width: int | None, dtype: pd.StringDtype) -> pd.Index:
@@ -201,7 +200,7 @@ def factorize_customers(ids: pd.Series) -> tuple[np.ndarray, pd.Index]:
         used = np.bincount(cat, minlength=len(ids.cat.categories)) > 0
         renumber = (np.cumsum(used) - 1).astype(np.int32 if len(used) < 2**31 else np.int64)
         uniques = pd.Categorical.from_codes(np.flatnonzero(used), dtype=ids.dtype)
-        return renumber[cat], pd.Index(uniques, name="customer_id")
+        return np.take(renumber, cat), pd.Index(uniques, name="customer_id")
     found = _text_keys(ids)
     if found is None:
         codes, uniques = pd.factorize(ids, sort=True)
@@ -213,7 +212,7 @@ def factorize_customers(ids: pd.Series) -> tuple[np.ndarray, pd.Index]:
     order = np.argsort(dictionary)
     rank = np.empty(len(order), dtype=np.int32)
     rank[order] = np.arange(len(order), dtype=np.int32)
-    run_codes = rank[enc.indices.to_numpy()]
+    run_codes = np.take(rank, enc.indices.to_numpy())
     codes = np.repeat(run_codes, np.diff(heads, append=len(keys)))
     return codes, _text_from_keys(dictionary[order], width, ids.dtype)
 
@@ -353,7 +352,7 @@ def _summary_from_days(
     if with_monetary:
         # Value of the repeat purchase days: lines on a purchase day other than the first.
         c = pd_.line_code
-        repeat = pd_.line_on_purchase_day & (pd_.line_day != first_day[c])
+        repeat = pd_.line_on_purchase_day & (pd_.line_day != np.take(first_day, c))
         sums = np.bincount(c[repeat], weights=pd_.line_value[repeat], minlength=len(counts))
         reps = counts - 1
         out["monetary_value"] = np.where(reps > 0, sums / np.maximum(reps, 1), 0.0)
