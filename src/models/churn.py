@@ -827,7 +827,7 @@ class ChurnModel:
         calibration: Literal["sigmoid", "isotonic", "none"] = "sigmoid",
         prior_feature: str | None = None,
         prior: Literal["auto", "always", "never"] = "auto",
-        prior_sample_rows: int = 200_000,
+        prior_sample_rows: int = 100_000,
         search_trials: int = 0,
         random_state: int = 0,
         n_jobs: int = 2,

@@ -300,6 +300,39 @@ def test_model_isotonic_and_bounded_search():
     assert len(res) == 3 and res["validation_auc"].max() == pytest.approx(search.validation_auc_)
 
 
+def test_prior_decided_on_a_sample_trains_the_chosen_variant_alone():
+    """prior="auto" with more rows than prior_sample_rows: both variants on a sample, then only
+    the winner on all rows - exactly the model that prior="always" trains; and the full
+    comparison (both variants on one shared Dataset) keeps exactly that model too."""
+    X, _ = _toy(seed=5)
+    Xv, _ = _toy(seed=6)
+    labels = []
+    for frame, seed in ((X, 7), (Xv, 8)):  # churn also driven by a part only the prior knows
+        rng = np.random.default_rng(seed)
+        logit = (
+            0.012 * frame["recency_days"]
+            - 0.15 * frame["n_orders"]
+            + 0.4 * (frame["country"] == "FR")
+            + rng.normal(0, 1.5, len(frame))
+        )
+        frame["p_prior"] = 1 / (1 + np.exp(-logit))
+        labels.append((rng.random(len(frame)) < frame["p_prior"]).astype(int).to_numpy())
+    y, yv = labels
+    quick = {"n_estimators": 100, "early_stopping_rounds": 10, "prior_feature": "p_prior"}
+    sampled = ChurnModel(**quick, prior_sample_rows=1000).fit(X, y, X_val=Xv, y_val=yv)
+    r = sampled.prior_results_
+    assert r["stage"].tolist() == ["prior decision (subsample)"] * 2 + ["final"]
+    assert r["train_rows"].tolist() == [1000, 1000, len(X)]
+    assert r["prior"].tolist() == [False, True, True] and sampled.prior_used_
+    alone = ChurnModel(**quick, prior="always").fit(X, y, X_val=Xv, y_val=yv)
+    both = ChurnModel(**quick).fit(X, y, X_val=Xv, y_val=yv)
+    assert both.prior_results_["train_rows"].tolist() == [len(X), len(X)] and both.prior_used_
+    for model in (sampled, both):
+        np.testing.assert_array_equal(model.decision_function(Xv), alone.decision_function(Xv))
+    with pytest.raises(ValueError, match="prior_sample_rows"):
+        ChurnModel(prior_sample_rows=10).fit(X, y, X_val=Xv, y_val=yv)
+
+
 def test_model_refuses_bad_input_with_clear_errors():
     X, y = _toy(n=500)
     from crmkit.models.clv import NotFittedError
