@@ -12,8 +12,10 @@ Ages are measured in days and expressed in ``unit``: ``"D"`` days, ``"W"`` 7-day
 (days / 7, fractional, as in Fader, Hardie and Lee 2005), ``"M"`` average months
 (days / 30.4375). This is exactly ``lifetimes.utils.summary_data_from_transaction_data`` with
 ``freq="D"`` and ``freq_multiplier`` 1, 7 or 30.4375, computed with one sort of integer
-(customer, day) keys and ``np.bincount`` reductions instead of pandas groupbys
-(``benchmarks/bench_rfm.py``).
+(customer, day) keys and ``np.bincount`` reductions instead of pandas groupbys; customer ids
+are encoded by :func:`factorize_customers` (short string ids as integer keys, categorical ids
+by their codes) and only the block of lines holding the window is read
+(``benchmarks/bench_rfm.py``; ``docs/features_rfm.md``).
 
 Always index columns by name: ``summary["T"]``, never ``summary.T`` (the transpose).
 """
