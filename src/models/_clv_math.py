@@ -763,7 +763,34 @@ def _bg_given_alive_core(r, alpha, a, bp, x, T, t):
     z = t / (alpha + T + t)
     ln_1mz = np.log(alpha + T) - np.log(alpha + T + t)
     F = hyp2f1(C - r - x, a - 1.0, C, z)
-    return C / (a - 1.0) * (-np.expm1((a - 1.0) * ln_1mz) - np.exp((a - 1.0) * ln_1mz) * (F - 1.0))
+    with np.errstate(invalid="ignore", over="ignore"):  # hyp2f1 failed: see the fallback
+        tail = np.exp((a - 1.0) * ln_1mz) * (F - 1.0)
+    return C / (a - 1.0) * (-np.expm1((a - 1.0) * ln_1mz) - tail)
+
+
+_LEGENDRE = np.polynomial.legendre.leggauss(64)
+
+
+def _bg_given_alive_quadrature(r, alpha, a, bp, x, T, t):
+    """The expectation of :func:`_bg_given_alive_core` by 64-point Gauss-Legendre quadrature
+    over ``p ~ Beta(a, bp)`` within 12 standard deviations of its mean (weights normalised).
+    The fallback where scipy's ``hyp2f1`` fails (NaN / inf) for large Beta parameters - a
+    or b in the hundreds or more, when the Beta is concentrated and the quadrature exact to
+    about 1e-7 relative."""
+    nodes, weights = _LEGENDRE
+    bp, x, T, t = (np.atleast_1d(np.asarray(v, dtype=np.float64)) for v in (bp, x, T, t))
+    s = a + bp
+    mean = a / s
+    sd = np.sqrt(a * bp / (s * s * (s + 1.0)))
+    lo = np.maximum(mean - 12.0 * sd, 0.0)[:, None]
+    hi = np.minimum(mean + 12.0 * sd, 1.0)[:, None]
+    p = lo + (hi - lo) / 2.0 * (nodes[None, :] + 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logpdf = (a - 1.0) * np.log(p) + (bp[:, None] - 1.0) * np.log1p(-p)
+        w = weights[None, :] * np.exp(logpdf - logpdf.max(axis=1, keepdims=True))
+        ln_ratio = np.log(alpha + T[:, None]) - np.log(alpha + T[:, None] + p * t[:, None])
+        g = -np.expm1((r + x[:, None]) * ln_ratio) / p
+    return (w * g).sum(axis=1) / w.sum(axis=1)
 
 
 def bg_expected_given_alive(params, t, x, T, *, modified: bool = False) -> np.ndarray:
@@ -795,6 +822,10 @@ def bg_expected_given_alive(params, t, x, T, *, modified: bool = False) -> np.nd
             _bg_given_alive_core(r, alpha, a + eps, *args)
             + _bg_given_alive_core(r, alpha, a - eps, *args)
         )
+    failed = ~np.isfinite(val)
+    if failed.any():
+        args = (bps[failed], xs[failed], Ts[failed], ts[failed])
+        val[failed] = _bg_given_alive_quadrature(r, alpha, a, *args)
     out[pos] = val[inverse] if distinct is not None else val
     return out
 
