@@ -789,6 +789,9 @@ class ChurnModel:
         The calibration map (``method`` and its parameters).
     params_ : dict
         The LightGBM parameters of the final booster.
+    prior_results_ : DataFrame
+        One row per booster trained: ``trial``, ``prior``, ``train_rows``, ``best_iteration``,
+        ``validation_auc`` and ``stage`` (``"prior decision (subsample)"`` or ``"final"``).
     search_results_ : DataFrame or None
         One row per search trial: parameters, best iteration, validation ROC-AUC.
     validation_auc_ : float

@@ -125,7 +125,9 @@ class ChurnConfig(BaseModel):
         ``sigmoid`` (Platt), ``isotonic`` or ``none``; fitted on the validation cutoff.
     bgnbd_prior
         Boost from the BG/NBD log-odds of no purchase in the window (``always``), not
-        (``never``), or whichever scores the better validation ROC-AUC (``auto``).
+        (``never``), or whichever scores the better validation ROC-AUC (``auto``; above
+        100,000 training rows decided on a sample of that size, see
+        :class:`crmkit.models.churn.ChurnModel` ``prior_sample_rows``).
     search, search_trials
         Bounded random search (``search_trials`` trials, selected on validation ROC-AUC).
     risk_thresholds
