@@ -226,6 +226,14 @@ def features(
     map_: MapOpt = None,
     names: NamesOpt = None,
     config: ConfigOpt = None,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="local, or spark: DATA is then cleaned lines (a Parquet file or directory, "
+            "e.g. validate's lines.parquet) and OUT gets customers.parquet (a Parquet data set) "
+            "and segments.csv only (docs/spark.md)."
+        ),
+    ] = "local",
 ) -> None:
     """Customer features at an analysis date: RFM summary, scores, segment, behaviour.
 
@@ -234,6 +242,8 @@ def features(
     OUT/segments.csv and the plots cohort_heatmap.png and segment_sizes.png. Prints the
     segment table.
     """
+    if engine not in ("local", "spark"):
+        raise typer.BadParameter(f"must be local or spark, got {engine!r}", param_hint="--engine")
     from crmkit.pipelines.config import load_config
     from crmkit.pipelines.features import render_segments, run_features
     from crmkit.pipelines.validate import load_and_clean
@@ -242,6 +252,21 @@ def features(
         config, overrides={"features": {"unit": unit}, "data": _data_overrides(map_, names)}
     )
     t0 = time.perf_counter()
+    if engine == "spark":
+        from crmkit.spark.pipeline import run_features as run_spark_features
+
+        _info(f"computing customer features of the cleaned lines {data} with Spark")
+        sres = run_spark_features(
+            data,
+            out,
+            cfg.features,
+            as_of,
+            cancellation_prefixes=tuple(cfg.cleaning.cancellation_prefixes),
+        )
+        typer.echo(f"Segments at {sres.as_of.date()} ({sres.n_customers:,} customers):")
+        typer.echo(render_segments(sres.segments))
+        _info(f"wrote {out}/customers.parquet and segments.csv in {time.perf_counter() - t0:.1f} s")
+        return
     _info(f"[1/2] loading and cleaning {data}")
     cleaned = load_and_clean(data, cfg)
     _info(f"      {len(cleaned.lines):,} clean order lines")

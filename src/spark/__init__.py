@@ -1,0 +1,26 @@
+"""crmkit on Apache Spark: the customer table of ``crmkit features`` computed with Spark
+DataFrame operations, equal to the local engine's (``docs/spark.md``).
+
+Needs the ``spark`` extra (``pip install 'crmkit[spark]'``) and a Java 17 runtime. Importing
+this package imports PySpark; nothing else in crmkit does.
+"""
+
+from crmkit.spark.features import (
+    LINE_ORDER,
+    customer_table,
+    default_as_of,
+    read_lines,
+    segment_summary,
+    write_customers,
+)
+from crmkit.spark.session import spark_session
+
+__all__ = [
+    "LINE_ORDER",
+    "customer_table",
+    "default_as_of",
+    "read_lines",
+    "segment_summary",
+    "spark_session",
+    "write_customers",
+]
