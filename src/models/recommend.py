@@ -94,7 +94,7 @@ import dataclasses
 import json
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -134,6 +134,10 @@ RECOMMENDATION_COLUMNS: tuple[str, ...] = (
 
 _CROSS, _UP, _RESELL, _REACT = range(4)
 _DAY_NS = 86_400 * 10**9
+
+#: :meth:`Recommender.recommend` builds the lists of this many customers at a time (the same
+#: output; bounds the memory of the candidate pools).
+CHUNK_CUSTOMERS = 200_000
 #: Features of each kind's calibration model (logistic regression), for ``calibration_``.
 _FEATURES: dict[int, tuple[str, ...]] = {
     0: ("log_strength", "log_base_rate", "category_share"),
@@ -1316,16 +1320,11 @@ class Recommender:
     ) -> _Candidates:
         pc, pp, k = snap.pc, snap.pp, snap.k
         first, last = snap.first, snap.last
-        if customers is not None:
-            sel = np.isin(pc, customers)
-            pc, pp, k, first, last = pc[sel], pp[sel], k[sel], first[sel], last[sel]
-        else:
-            sel = None
-        days_since = (snap.as_of_day - last).astype(np.float64)
         kf = k.astype(np.float64)
         rep = k >= 2
         own_gap = np.maximum((last - first) / np.maximum(kf - 1.0, 1.0), 1.0)
-        # the product's typical gap: geometric mean of its repeat buyers' own gaps
+        # the product's typical gap: geometric mean of its repeat buyers' own gaps (over every
+        # customer of the snapshot, also when lists are wanted for some customers only)
         n_rep = np.bincount(pp[rep], minlength=snap.n_p)
         if rep.any():
             log_gap = np.log(own_gap[rep])
@@ -1334,6 +1333,13 @@ class Recommender:
             pg = np.where(n_rep > 0, pg, float(np.exp(log_gap.mean())))
         else:
             pg = np.full(snap.n_p, float(self.horizon_days))
+        if customers is not None:
+            sel = np.isin(pc, customers)
+            pc, pp, k, first, last = pc[sel], pp[sel], k[sel], first[sel], last[sel]
+            kf, rep, own_gap = kf[sel], rep[sel], own_gap[sel]
+        else:
+            sel = None
+        days_since = (snap.as_of_day - last).astype(np.float64)
         gap = np.where(rep, own_gap, pg[pp])
         ratio = days_since / gap
         due = rep & (ratio >= 1.0)
@@ -1412,7 +1418,7 @@ class Recommender:
                     "data: call recommend_for(lines, as_of) with the customers' order lines"
                 )
             raise ConfigError("call fit(lines, as_of) before recommend()")
-        snap, pur = self._snap, self._pur
+        pur = self._pur
         codes = None
         if customers is not None:
             ids = pd.Index([str(c) for c in customers], dtype="str")
@@ -1420,6 +1426,36 @@ class Recommender:
             codes = np.unique(codes[codes >= 0]).astype(np.int32)
             if not len(codes):
                 return empty_recommendations()
+        frames = list(self._chunks(codes))
+        if not frames:
+            return empty_recommendations()
+        if len(frames) == 1:
+            return frames[0]
+        return pd.concat(frames, ignore_index=True)
+
+    def _chunks(self, codes: np.ndarray | None) -> Iterator[pd.DataFrame]:
+        """The non-empty lists of the customer codes ``codes`` (sorted; ``None``: all), a chunk
+        of :data:`CHUNK_CUSTOMERS` customers at a time, in customer order.
+
+        Customers' lists are independent given the population-level state (snapshot, rules,
+        product repurchase gaps, segments and spend quantile of all customers), so the chunks
+        together are exactly the lists of one piece; only one chunk's candidate pools are in
+        memory at a time."""
+        n = self._snap.n_c if codes is None else len(codes)
+        if n <= CHUNK_CUSTOMERS:
+            starts, every = [None], codes
+        else:
+            starts = list(range(0, n, CHUNK_CUSTOMERS))
+            every = np.arange(n, dtype=np.int32) if codes is None else codes
+        for i in starts:
+            chunk = every if i is None else every[i : i + CHUNK_CUSTOMERS]
+            frame = self._recommend_codes(chunk)
+            if len(frame):
+                yield frame
+
+    def _recommend_codes(self, codes: np.ndarray | None) -> pd.DataFrame:
+        """:meth:`recommend` for the customer codes ``codes`` (sorted; ``None``: all)."""
+        snap, pur = self._snap, self._pur
         parts = [q for q in self._candidates(snap, self._pop, customers=codes) if len(q)]
         if not parts:
             return empty_recommendations()
@@ -1521,6 +1557,13 @@ class Recommender:
         DataContractError
             Missing columns, or no purchase before ``as_of``.
         """
+        return self._work_for(lines, as_of, customer_scores).recommend(customers)
+
+    def _work_for(
+        self, lines: pd.DataFrame, as_of: Any, customer_scores: pd.DataFrame | None
+    ) -> Recommender:
+        """A copy holding the customer-level state of ``lines`` at ``as_of`` (see
+        :meth:`recommend_for`)."""
         if not hasattr(self, "_cat"):
             raise ConfigError(
                 "this Recommender is not fitted: call fit(lines, as_of) or "
@@ -1548,7 +1591,19 @@ class Recommender:
         work._names_cache = None
         work._cross_m = None
         work._segments = None
-        return work.recommend(customers)
+        return work
+
+    def iter_recommend_for(
+        self,
+        lines: pd.DataFrame,
+        as_of: Any,
+        customer_scores: pd.DataFrame | None = None,
+    ) -> Iterator[pd.DataFrame]:
+        """:meth:`recommend_for` of every customer, as consecutive pieces of
+        :data:`CHUNK_CUSTOMERS` customers (concatenated: exactly :meth:`recommend_for`'s
+        frame) - for writers that stream the lists out instead of holding them all."""
+        work = self._work_for(lines, as_of, customer_scores)
+        return work._chunks(None)
 
     # -- persistence ---------------------------------------------------------------------------
     def save_state(self, path: str | os.PathLike) -> None:
@@ -1774,12 +1829,34 @@ class Recommender:
         self._segments = None
         if "reactivation" not in set(self.kinds):
             return forced
+        eligible = self._reactivation_eligible(snap)
+        if eligible is None:
+            return forced
+        cand_ok = (cand.kind == _RESELL) & eligible[cand.cust]
+        sel = np.flatnonzero(cand_ok)
+        if not len(sel):
+            return forced
+        order = sel[np.lexsort((-score[sel], cand.cust[sel]))]
+        c = cand.cust[order]
+        first = np.r_[True, c[1:] != c[:-1]]
+        forced[order[first]] = True
+        return forced
+
+    def _reactivation_eligible(self, snap: _Snapshot) -> np.ndarray | None:
+        """Customers eligible for reactivation (segment and spend quantile over every customer
+        of the snapshot; computed once per snapshot, as :meth:`recommend` may run in chunks).
+        Sets ``_segments``."""
+        cached = getattr(self, "_react_cache", None)
+        if cached is not None and cached[0] is snap:
+            self._segments = cached[2]
+            return cached[1]
         from crmkit.features.segments import assign_segments, score_rfm
 
         has = snap.c_orders > 0
         idx = np.flatnonzero(has)
         if not len(idx):
-            return forced
+            self._react_cache = (snap, None, None)
+            return None
         n = snap.c_orders[idx].astype(np.float64)
         since_first = (snap.as_of_day - snap.c_first[idx]).astype(np.int64)
         measures = pd.DataFrame(
@@ -1801,15 +1878,8 @@ class Recommender:
         eligible[idx] = np.isin(seg, list(self.reactivation_segments)) & (
             snap.c_spend[idx] >= spend_cut
         )
-        cand_ok = (cand.kind == _RESELL) & eligible[cand.cust]
-        sel = np.flatnonzero(cand_ok)
-        if not len(sel):
-            return forced
-        order = sel[np.lexsort((-score[sel], cand.cust[sel]))]
-        c = cand.cust[order]
-        first = np.r_[True, c[1:] != c[:-1]]
-        forced[order[first]] = True
-        return forced
+        self._react_cache = (snap, eligible, segment)
+        return eligible
 
     # -- reasons -------------------------------------------------------------------------------
     def _reasons(

@@ -100,7 +100,8 @@ def _can_fork() -> bool:
 
 class _RecsChild:
     """``recommender.recommend_for(...)`` in a forked process (the data are shared by
-    copy-on-write, not pickled); the lists come back through a Parquet file."""
+    copy-on-write, not pickled); the lists come back through a Parquet file, written a chunk
+    of customers at a time (``Recommender.iter_recommend_for``)."""
 
     def __init__(self, recommender: Any, lines: pd.DataFrame, when: Any, scores: Any) -> None:
         import multiprocessing as mp
@@ -148,8 +149,23 @@ def _recs_child_main(
     recommender: Any, lines: pd.DataFrame, when: Any, scores: Any, path: str, err: str
 ) -> None:
     try:
-        recs = recommender.recommend_for(lines, when, customer_scores=scores)
-        recs.to_parquet(path, engine="pyarrow", index=False)
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from crmkit.models.recommend import empty_recommendations
+
+        # streamed a chunk of customers at a time: the whole list is never held here
+        writer = None
+        for part in recommender.iter_recommend_for(lines, when, customer_scores=scores):
+            table = pa.Table.from_pandas(part, preserve_index=False)
+            if writer is None:
+                writer = pq.ParquetWriter(path, table.schema)
+            writer.write_table(table)
+            del part, table
+        if writer is None:
+            empty_recommendations().to_parquet(path, engine="pyarrow", index=False)
+        else:
+            writer.close()
     except BaseException as exc:  # reported to the parent, which raises
         Path(err).write_text(f"{type(exc).__name__}: {exc}", "utf-8")
         os._exit(1)

@@ -537,3 +537,25 @@ def test_a_worse_challenger_leaves_the_champion_alias_and_the_gate_is_logged(
     assert logged["promoted"] is False and logged["decision"] == g["decision"]
     tags = client.get_model_version("crmkit-customer-scorer", res.model_version).tags
     assert tags["crmkit.gate"] == g["decision"]
+
+
+def test_recommendations_built_in_chunks_of_customers_are_identical(trained, sample, monkeypatch):
+    """Large inputs build the lists a chunk of customers at a time (bounded memory): the same
+    rows in the same order as in one piece - population-level quantities (product repurchase
+    gaps, segments, the reactivation spend quantile) come from every customer."""
+    import crmkit.models.recommend as rec
+    from crmkit.data.clean import clean_lines
+
+    first, _ = trained
+    _, as_of, lines = sample
+    scorer = first.scorer
+    cleaned = clean_lines(lines, scorer.config.cleaning).lines
+    scores = scorer.clv_scores(cleaned, pd.Timestamp(as_of))[["p_alive", "clv"]]
+    one = scorer.recommender.recommend_for(cleaned, as_of, customer_scores=scores)
+    monkeypatch.setattr(rec, "CHUNK_CUSTOMERS", 250)
+    chunked = scorer.recommender.recommend_for(cleaned, as_of, customer_scores=scores)
+    assert one["customer_id"].nunique() > 4 * 250
+    pd.testing.assert_frame_equal(chunked, one)
+    # streamed chunk by chunk to Parquet from the forked process: the same lists again
+    streamed = scorer.score(cleaned, as_of, parallel=True).recommendations
+    pd.testing.assert_frame_equal(streamed, one)
