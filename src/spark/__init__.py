@@ -5,7 +5,14 @@ Needs the ``spark`` extra (``pip install 'crmkit[spark]'``) and a Java 17 runtim
 this package imports PySpark; nothing else in crmkit does.
 """
 
-from crmkit.spark.features import (
+try:
+    import pyspark  # noqa: F401
+except ImportError as exc:  # pragma: no cover - the dev and spark extras install it
+    raise ImportError(
+        "crmkit's Spark engine needs PySpark and a Java 17 runtime: pip install 'crmkit[spark]'"
+    ) from exc
+
+from crmkit.spark.features import (  # noqa: E402
     LINE_ORDER,
     customer_table,
     default_as_of,
@@ -13,7 +20,7 @@ from crmkit.spark.features import (
     segment_summary,
     write_customers,
 )
-from crmkit.spark.session import spark_session
+from crmkit.spark.session import spark_session  # noqa: E402
 
 __all__ = [
     "LINE_ORDER",
