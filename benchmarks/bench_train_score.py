@@ -39,6 +39,15 @@ from _harness import machine, measure  # noqa: E402
 AS_OF = SHOP_AS_OF
 
 
+def _rss_gib() -> float:
+    """Current resident memory of this process (VmRSS), GiB."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 2**20
+    return float("nan")
+
+
 def run_train_job(path: str, store: str) -> tuple[float, int]:
     from crmkit.pipelines.config import load_config
     from crmkit.pipelines.train import run_train
@@ -69,7 +78,10 @@ def run_score_job(path: str, store: str, out: str) -> tuple[float, int]:
         out,
         as_of=AS_OF,
         config=load_config(None),
-        progress=lambda m: print(f"  [{time.perf_counter() - t0:6.1f} s] score: {m}", flush=True),
+        progress=lambda m: print(
+            f"  [{time.perf_counter() - t0:6.1f} s, RSS {_rss_gib():5.2f} GiB] score: {m}",
+            flush=True,
+        ),
     )
     return time.perf_counter() - t0, len(res.output.customers)
 
