@@ -25,6 +25,7 @@ __all__ = [
     "sqlite_database_path",
     "configure",
     "check_reachable",
+    "latest_train_run",
     "stage_run",
     "log_figure",
     "log_json",
@@ -265,3 +266,49 @@ def log_frame_artifact(frame: Any, name: str) -> None:
         p = Path(tmp) / name
         frame.to_parquet(p, index=False)
         mlflow.log_artifact(str(p))
+
+
+def latest_train_run(
+    tracking_uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT
+) -> dict[str, Any] | None:
+    """The latest finished ``crmkit train`` run and its nested stage runs, for notebooks and
+    reports: ``{"train": run, "validate": run, "features": run, "clv": run, ...}`` (MLflow
+    ``Run`` objects keyed by their ``crmkit.stage`` tag), or ``None`` when the store has no
+    such run. A local SQLite store that does not exist yet is not created.
+
+    Raises :class:`TrackingError` when the store cannot be read.
+    """
+    uri = tracking_uri or default_tracking_uri()
+    db = sqlite_database_path(uri)
+    if db is not None and not db.is_file():
+        return None
+    check_reachable(uri)
+    import mlflow
+
+    try:
+        client = mlflow.MlflowClient(uri)
+        with _quiet_db_errors():
+            exp = client.get_experiment_by_name(experiment)
+            if exp is None:
+                return None
+            runs = client.search_runs(
+                [exp.experiment_id],
+                filter_string="tags.`crmkit.stage` = 'train' and attributes.status = 'FINISHED'",
+                order_by=["attributes.start_time DESC"],
+                max_results=1,
+            )
+            if not runs:
+                return None
+            parent = runs[0]
+            children = client.search_runs(
+                [exp.experiment_id],
+                filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+            )
+    except Exception as exc:  # MlflowException, sqlalchemy / connection errors
+        raise TrackingError(
+            f"the MLflow tracking store {uri} cannot be read: {_describe(exc)}"
+        ) from None
+    out: dict[str, Any] = {"train": parent}
+    for child in children:
+        out.setdefault(child.data.tags.get("crmkit.stage", child.info.run_name), child)
+    return out

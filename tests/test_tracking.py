@@ -103,3 +103,23 @@ def test_against_a_real_mlflow_server(mlflow_server):
     (run,) = client.search_runs([exp])
     assert run.data.metrics["m"] == 2.0
     assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["d.json"]
+
+
+def test_latest_train_run_without_a_run_is_none_and_creates_nothing(tmp_path):
+    from crmkit.tracking import latest_train_run
+
+    missing = tmp_path / "nowhere" / "mlflow.db"
+    assert latest_train_run(f"sqlite:///{missing}") is None
+    assert not (tmp_path / "nowhere").exists()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    configure(uri, experiment="crmkit")
+    with stage_run("validate", tags={"crmkit.stage": "validate"}):
+        pass
+    assert latest_train_run(uri) is None  # runs, but no finished `train` run
+    with stage_run("train", tags={"crmkit.stage": "train"}) as parent:
+        with stage_run("clv", nested=True, tags={"crmkit.stage": "clv"}) as child:
+            mlflow.log_metric("clv.bgnbd.r", 0.25)
+    runs = latest_train_run(uri)
+    assert runs["train"].info.run_id == parent.info.run_id
+    assert runs["clv"].info.run_id == child.info.run_id
+    assert runs["clv"].data.metrics == {"clv.bgnbd.r": 0.25}
