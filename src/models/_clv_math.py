@@ -771,14 +771,13 @@ def _bg_given_alive_core(r, alpha, a, bp, x, T, t):
 _LEGENDRE = np.polynomial.legendre.leggauss(64)
 
 
-def _bg_given_alive_quadrature(r, alpha, a, bp, x, T, t):
-    """The expectation of :func:`_bg_given_alive_core` by 64-point Gauss-Legendre quadrature
-    over ``p ~ Beta(a, bp)`` within 12 standard deviations of its mean (weights normalised).
-    The fallback where scipy's ``hyp2f1`` fails (NaN / inf) for large Beta parameters - a
-    or b in the hundreds or more, when the Beta is concentrated and the quadrature exact to
-    about 1e-7 relative."""
+def _beta_quadrature(a, bp, g):
+    """``E[g(p)]`` for ``p ~ Beta(a, bp)`` (one ``bp`` per row) by 64-point Gauss-Legendre
+    quadrature within 12 standard deviations of the mean (weights normalised); ``g`` maps the
+    ``(rows, 64)`` node array to values. The fallback where scipy's ``hyp2f1`` fails (NaN /
+    inf) for large Beta parameters - a or b in the hundreds or more, when the Beta is
+    concentrated and the quadrature exact to about 1e-7 relative."""
     nodes, weights = _LEGENDRE
-    bp, x, T, t = (np.atleast_1d(np.asarray(v, dtype=np.float64)) for v in (bp, x, T, t))
     s = a + bp
     mean = a / s
     sd = np.sqrt(a * bp / (s * s * (s + 1.0)))
@@ -788,9 +787,19 @@ def _bg_given_alive_quadrature(r, alpha, a, bp, x, T, t):
     with np.errstate(divide="ignore", invalid="ignore"):
         logpdf = (a - 1.0) * np.log(p) + (bp[:, None] - 1.0) * np.log1p(-p)
         w = weights[None, :] * np.exp(logpdf - logpdf.max(axis=1, keepdims=True))
+        vals = g(p)
+    return (w * vals).sum(axis=1) / w.sum(axis=1)
+
+
+def _bg_given_alive_quadrature(r, alpha, a, bp, x, T, t):
+    """The expectation of :func:`_bg_given_alive_core` by :func:`_beta_quadrature`."""
+    bp, x, T, t = (np.atleast_1d(np.asarray(v, dtype=np.float64)) for v in (bp, x, T, t))
+
+    def g(p):
         ln_ratio = np.log(alpha + T[:, None]) - np.log(alpha + T[:, None] + p * t[:, None])
-        g = -np.expm1((r + x[:, None]) * ln_ratio) / p
-    return (w * g).sum(axis=1) / w.sum(axis=1)
+        return -np.expm1((r + x[:, None]) * ln_ratio) / p
+
+    return _beta_quadrature(a, bp, g)
 
 
 def bg_expected_given_alive(params, t, x, T, *, modified: bool = False) -> np.ndarray:
@@ -850,9 +859,20 @@ def bg_expected_new(params, t, *, modified: bool = False) -> np.ndarray:
 
 def _bg_laplace_mix(r, alpha, a, bp, x, T, u):
     r"""``E_p[(1 + p u)^-(r+x)]`` for ``p ~ Beta(a, bp)``, ``u >= 0``:
-    ``2F1(r+x, a; a+bp; -u) = (1+u)^-a 2F1(a+bp-r-x, a; a+bp; u/(1+u))`` (Pfaff)."""
+    ``2F1(r+x, a; a+bp; -u) = (1+u)^-a 2F1(a+bp-r-x, a; a+bp; u/(1+u))`` (Pfaff); where
+    scipy's ``hyp2f1`` fails (NaN / inf, large ``a`` or ``bp``) by :func:`_beta_quadrature`."""
+    bp, x, u = np.broadcast_arrays(*(np.asarray(v, dtype=np.float64) for v in (bp, x, u)))
     C = a + bp
-    return np.exp(-a * np.log1p(u)) * hyp2f1(C - r - x, a, C, u / (1.0 + u))
+    with np.errstate(invalid="ignore", over="ignore"):  # hyp2f1 failed: see the fallback
+        val = np.exp(-a * np.log1p(u)) * hyp2f1(C - r - x, a, C, u / (1.0 + u))
+    val = np.atleast_1d(val)
+    failed = ~np.isfinite(val)
+    if failed.any():  # large a, bp: same quadrature fallback as _bg_given_alive_core
+        xf, uf = np.atleast_1d(x)[failed][:, None], np.atleast_1d(u)[failed][:, None]
+        val[failed] = _beta_quadrature(
+            a, np.atleast_1d(bp)[failed], lambda p: np.exp(-(r + xf) * np.log1p(p * uf))
+        )
+    return val.reshape(np.shape(x))
 
 
 def bg_prob_purchase_in_window(params, x, t_x, T, t1, t2, *, modified: bool = False) -> np.ndarray:

@@ -447,6 +447,35 @@ def test_expected_purchases_near_a_equal_one_is_continuous():
     np.testing.assert_allclose(vals[1], 0.5 * (vals[0] + vals[2]), rtol=1e-7)
 
 
+@pytest.mark.parametrize("modified", [False, True])
+@pytest.mark.parametrize("a, b", [(500.0, 2000.0), (5000.0, 20000.0)])
+def test_bg_window_probability_for_large_beta_parameters(a, b, modified):
+    """scipy's hyp2f1 returns NaN / inf for a, b in the hundreds+ (NaN or a clipped 1.0 before
+    the quadrature fallback): P(>=1 in window) against an adaptive integral over the Beta
+    posterior of p, normalised by betaln, which never touches hyp2f1."""
+    r, alpha = 0.25, 4.0
+    theta = np.array([r, alpha, a, b])
+    for x, t_x, T in ((0.0, 0.0, 10.0), (3.0, 20.0, 30.0), (20.0, 35.0, 39.0)):
+        bp = b + x + (1.0 if modified else 0.0)
+        s = r + x
+        mean, sd = a / (a + bp), np.sqrt(a * bp / ((a + bp) ** 2 * (a + bp + 1.0)))
+        palive = cm.bg_p_alive(theta, x, t_x, T, modified=modified)
+        for t1, t2 in ((10.0, 20.0), (52.0, 104.0), (200.0, 400.0)):
+
+            def f(p, t1=t1, t2=t2, T=T, s=s, bp=bp):
+                log_pdf = (a - 1) * np.log(p) + (bp - 1) * np.log1p(-p) - special.betaln(a, bp)
+                given_p = ((alpha + T) / (alpha + T + p * t1)) ** s - (
+                    (alpha + T) / (alpha + T + (t2 - t1) + p * t1)
+                ) ** s
+                return np.exp(log_pdf) * given_p
+
+            ref = integrate.quad(
+                f, mean - 15 * sd, mean + 15 * sd, points=[mean], epsabs=0, epsrel=1e-12
+            )[0]
+            ours = cm.bg_prob_purchase_in_window(theta, x, t_x, T, t1, t2, modified=modified)
+            assert ours == pytest.approx(palive * ref, rel=1e-7, abs=1e-15)
+
+
 # --------------------------------------------------------------------------------------------
 # Monte Carlo from the generating processes
 # --------------------------------------------------------------------------------------------
