@@ -770,11 +770,22 @@ def segment_summary(
     )
     if not categorical:
         out = out.sort_values("customers", ascending=False, kind="stable")
+    out = segment_shares(out)
+    out.index = pd.Index([str(i) for i in out.index], name="segment")
+    return out
+
+
+def segment_shares(counts: pd.DataFrame) -> pd.DataFrame:
+    """Complete a per-segment aggregate (``customers``, ``mean_r_score``, ``mean_f_score``,
+    ``mean_m_score``, ``total_spend``; one row per segment) into the columns of
+    :func:`segment_summary`: adds ``share``, ``spend_share`` and ``mean_spend`` (NaN for
+    empty segments). Shared with the Spark engine, which aggregates in Spark."""
+    out = counts[["customers", "mean_r_score", "mean_f_score", "mean_m_score", "total_spend"]]
+    out = out.copy()
     n = int(out["customers"].sum())
     spend = float(out["total_spend"].sum())
     out.insert(1, "share", out["customers"] / n if n else np.nan)
     out["spend_share"] = out["total_spend"] / spend if spend else np.nan
     nonempty = out["customers"].where(out["customers"] > 0)  # NaN means for empty segments
     out["mean_spend"] = out["total_spend"] / nonempty
-    out.index = pd.Index([str(i) for i in out.index], name="segment")
     return out

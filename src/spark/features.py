@@ -44,6 +44,7 @@ from crmkit.features.segments import (
     RFMThresholds,
     SegmentRule,
     _as_rules,
+    segment_shares,
 )
 from crmkit.pipelines.features import FeaturesConfig
 from crmkit.spark.session import NANOS_AS_LONG
@@ -630,23 +631,7 @@ def segment_summary(table: DataFrame) -> pd.DataFrame:
     out = rows.reindex(pd.Index(names, name="segment"))
     out["customers"] = out["customers"].fillna(0).astype("int64")
     out["total_spend"] = out["total_spend"].fillna(0.0).astype("float64")
-    n = int(out["customers"].sum())
-    spend = float(out["total_spend"].sum())
-    out.insert(1, "share", out["customers"] / n if n else float("nan"))
-    out["spend_share"] = out["total_spend"] / spend if spend else float("nan")
-    out["mean_spend"] = out["total_spend"] / out["customers"].where(out["customers"] > 0)
-    return out[
-        [
-            "customers",
-            "share",
-            "mean_r_score",
-            "mean_f_score",
-            "mean_m_score",
-            "total_spend",
-            "spend_share",
-            "mean_spend",
-        ]
-    ]
+    return segment_shares(out)
 
 
 def write_customers(table: DataFrame, path: str | os.PathLike, *, mode: str = "overwrite") -> None:
