@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/crmkit demo --out $(OUT)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --durations=15
+	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=15
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -4,8 +4,9 @@ every other number within 1e-9 (relative above 1), on the simulated sample (thro
 ``crmkit validate`` and ``crmkit features --engine spark``, and with returns kept, fixed
 scores and weeks) and on Online Retail read from a directory of Parquet files.
 
-One test function on purpose: the suite runs under pytest-xdist, which deals the tests of a
-module out to both workers, and every worker would start its own Spark session (~15-20 s)."""
+The ``spark`` fixture (``tests/spark/conftest.py``) is one session per test process; every
+Spark test is in the ``xdist_group`` "spark", so under ``pytest -n 2 --dist loadgroup`` they
+all run on one worker and the session starts once (~15-20 s)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ if shutil.which("java") is None:
 
 pytestmark = [
     pytest.mark.spark,
+    pytest.mark.xdist_group("spark"),
     # PySpark 4.3 warns on import that pandas 3 is "not yet fully supported"; the engine uses
     # no pandas UDF, and toPandas only on the small segment table (checked below).
     pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas:FutureWarning"),
@@ -36,16 +38,6 @@ pytestmark = [
 
 #: Float sums that feed a quantile score: computed in the local engine's order, bit-identical.
 EXACT_FLOATS = ("total_spend", "avg_order_value", "frequency", "recency", "T")
-
-
-@pytest.fixture(scope="module")
-def spark():
-    from crmkit.spark import spark_session
-
-    session = spark_session("local[2]", shuffle_partitions=1)
-    session.conf.set("spark.sql.adaptive.enabled", "false")  # tiny data: fewer planning steps
-    yield session
-    session.stop()
 
 
 def assert_same_table(local: pd.DataFrame, got: pd.DataFrame, case: str) -> None:
