@@ -156,7 +156,7 @@ def run_score(
 
     say(f"loading model {uri}")
     scorer, info = load_scorer(uri)
-    run_ctx = _maybe_run(track, info)
+    run_ctx = maybe_run(track, info)
     with run_ctx as run:
         # how to read the file: the caller's data: section, else the training run's; the
         # cleaning rules are always the model's
@@ -185,31 +185,38 @@ def run_score(
             write_audiences(audiences, stage / "audiences", fmt=fmt)
             (stage / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", "utf-8")
             cleaned.report.to_json(stage / "quality_report.json")
-        run_id = None
-        if run is not None:
-            import mlflow
-
-            mlflow.log_params(
-                {
-                    "model_uri": info["uri"],
-                    "model_version": info["version"],
-                    "as_of": summary["as_of"],
-                    "format": fmt,
-                }
-            )
-            mlflow.log_metrics(
-                {
-                    "customers": summary["customers"],
-                    "clv_total": summary["clv_total"],
-                    "clv_mean": summary["clv_mean"],
-                    "churn_high_risk": summary["churn_high_risk"],
-                    "recommendations": summary["recommendations"],
-                    **{f"segment.{k}": v for k, v in summary["segments"].items()},
-                    **{f"action.{k}": v for k, v in summary["next_best_action"].items()},
-                }
-            )
-            run_id = run.info.run_id
+        run_id = log_score_run(run, info, summary, fmt)
     return ScoreRun(output, cleaned.report, info, summary["audiences"], Path(out_dir), run_id)
+
+
+def log_score_run(run: Any, info: dict[str, Any], summary: dict[str, Any], fmt: str) -> str | None:
+    """Log a scoring run's parameters and aggregate metrics (``summary``: counts, totals,
+    segment and action sizes - never a customer row); returns the run id (``None`` without a
+    run). Shared by the local and the Spark engine."""
+    if run is None:
+        return None
+    import mlflow
+
+    mlflow.log_params(
+        {
+            "model_uri": info["uri"],
+            "model_version": info["version"],
+            "as_of": summary["as_of"],
+            "format": fmt,
+        }
+    )
+    mlflow.log_metrics(
+        {
+            "customers": summary["customers"],
+            "clv_total": summary["clv_total"],
+            "clv_mean": summary["clv_mean"],
+            "churn_high_risk": summary["churn_high_risk"],
+            "recommendations": summary["recommendations"],
+            **{f"segment.{k}": v for k, v in summary["segments"].items()},
+            **{f"action.{k}": v for k, v in summary["next_best_action"].items()},
+        }
+    )
+    return run.info.run_id
 
 
 def _write_frame(frame: pd.DataFrame, path: Path, fmt: str) -> None:
@@ -229,7 +236,7 @@ class _NoRun:
         return None
 
 
-def _maybe_run(track: bool, info: dict[str, Any]) -> Any:
+def maybe_run(track: bool, info: dict[str, Any]) -> Any:
     if not track:
         return _NoRun()
     from crmkit.tracking import stage_run
