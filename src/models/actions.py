@@ -19,8 +19,10 @@ Rules (:func:`assign_next_best_action`)
 Every customer gets exactly one action. The rules are evaluated in the order
 ``NextBestActionConfig.priority`` (default below); the first rule a customer satisfies wins,
 and a customer no rule matches gets ``none``. Quantiles are taken over **all** customers of
-the table (``numpy.quantile``, linear interpolation) and every threshold is inclusive
-(``>=``) except the recommendation score floor (strictly above).
+the table (``numpy.quantile``, linear interpolation; :func:`action_thresholds`, which can be
+computed once and passed in to assign a subset of customers exactly as the whole table) and
+every threshold is inclusive (``>=``) except the recommendation score floor (strictly above).
+Everything else is decided per customer, from their own row and recommendation rows.
 
 1. ``win_back`` - *lapsed*: ``segment`` in ``lapsed_segments`` [at_risk, hibernating, lost]
    or high churn risk (risk band in ``high_risk_bands`` [high], or ``churn_probability >=
@@ -75,7 +77,9 @@ __all__ = [
     "AUDIENCE_COLUMNS",
     "ACTION_COLUMNS",
     "RISK_BAND_COLUMNS",
+    "THRESHOLD_KEYS",
     "NextBestActionConfig",
+    "action_thresholds",
     "assign_next_best_action",
     "build_audiences",
     "write_audiences",
@@ -107,6 +111,8 @@ AUDIENCE_COLUMNS: tuple[str, ...] = (
     "p_alive",
     "churn_probability",
 )
+#: Keys of :func:`action_thresholds`: the population-level values of the rules.
+THRESHOLD_KEYS: tuple[str, ...] = ("winback_clv", "winback_history", "referral_clv")
 #: Risk band columns looked for, in order (the scoring job's name, then the churn stage's).
 RISK_BAND_COLUMNS: tuple[str, ...] = ("churn_risk_band", "risk_band")
 
@@ -445,8 +451,92 @@ def _best(rec: dict[str, np.ndarray], mask: np.ndarray, n: int) -> np.ndarray:
     return best
 
 
-def _quantile_mask(v: np.ndarray, q: float) -> np.ndarray:
-    return v >= np.quantile(v, q) if len(v) else np.zeros(0, dtype=bool)
+# --------------------------------------------------------------------------------------------
+# population-level values
+
+
+def _history(customers: pd.DataFrame, cfg: NextBestActionConfig) -> np.ndarray | None:
+    """The historical value column (validated), or ``None`` when not configured / absent."""
+    col = cfg.historical_value_column
+    if col is None or col not in customers.columns:
+        return None
+    return _numeric(customers, col, lo=None, hi=None, hint=_HINT_CUSTOMERS)
+
+
+def _quantile(v: np.ndarray, q: float) -> float | None:
+    return float(np.quantile(v, q)) if len(v) else None
+
+
+def _thresholds(
+    clv: np.ndarray, hist: np.ndarray | None, cfg: NextBestActionConfig
+) -> dict[str, float | None]:
+    return {
+        "winback_clv": _quantile(clv, cfg.winback_value_quantile),
+        "winback_history": None if hist is None else _quantile(hist, cfg.winback_value_quantile),
+        "referral_clv": _quantile(clv, cfg.referral_clv_quantile),
+    }
+
+
+def action_thresholds(
+    customers: pd.DataFrame, config: NextBestActionConfig | None = None
+) -> dict[str, float | None]:
+    """The population-level values of the rules, computed over **all** customers of the table:
+    the only inputs of :func:`assign_next_best_action` that depend on other customers.
+
+    Every one is ``numpy.quantile`` (linear interpolation) of a customer column, and a rule
+    holds at or above it (``>=``):
+
+    * ``winback_clv``: ``clv`` at ``winback_value_quantile`` (win-back "valuable");
+    * ``winback_history``: the historical value column (``historical_value_column``) at
+      ``winback_value_quantile``; ``None`` when that column is not configured or absent;
+    * ``referral_clv``: ``clv`` at ``referral_clv_quantile`` (referral ask).
+
+    A value is ``None`` for an empty table (no customer passes). Passing the result to
+    :func:`assign_next_best_action` (``thresholds=``) scores any subset of the customers
+    exactly as the whole table: this is how the Spark engine assigns actions group by group
+    (:func:`crmkit.spark.actions.next_best_actions` computes the same values on Spark).
+
+    Raises
+    ------
+    DataContractError
+        As :func:`assign_next_best_action` for a missing column or a missing, infinite or
+        negative ``clv`` / a missing or infinite historical value.
+    """
+    cfg = config if config is not None else NextBestActionConfig()
+    _require(customers, _CUSTOMER_COLUMNS, "customers", _HINT_CUSTOMERS)
+    clv = _numeric(customers, "clv", lo=0.0, hi=None, hint=_HINT_CUSTOMERS)
+    return _thresholds(clv, _history(customers, cfg), cfg)
+
+
+def _given_thresholds(
+    thresholds: Mapping[str, float | None], hist: np.ndarray | None, cfg: NextBestActionConfig
+) -> dict[str, float | None]:
+    """Checks ``thresholds`` (from :func:`action_thresholds`) against this table."""
+    hint = "pass action_thresholds(all customers, config)"
+    missing = [k for k in THRESHOLD_KEYS if k not in thresholds]
+    if missing:
+        raise DataContractError(f"thresholds lack {missing}", rule="thresholds", hint=hint)
+    out: dict[str, float | None] = {}
+    for k in THRESHOLD_KEYS:
+        v = thresholds[k]
+        if v is not None and not np.isfinite(float(v)):
+            raise DataContractError(f"thresholds: {k} is {v}", rule="thresholds", hint=hint)
+        out[k] = None if v is None else float(v)
+    col = cfg.historical_value_column
+    if (hist is None) != (out["winback_history"] is None) and (hist is None or len(hist)):
+        has = "has" if hist is not None else "lacks"
+        raise DataContractError(
+            f"the customer table {has} the historical value column {col!r}, the thresholds "
+            f"were computed {'without' if hist is not None else 'with'} it",
+            column=col,
+            rule="thresholds",
+            hint=hint,
+        )
+    return out
+
+
+def _at_least(v: np.ndarray, threshold: float | None) -> np.ndarray:
+    return v >= threshold if threshold is not None else np.zeros(len(v), dtype=bool)
 
 
 # --------------------------------------------------------------------------------------------
@@ -457,6 +547,8 @@ def assign_next_best_action(
     customers: pd.DataFrame,
     recommendations: pd.DataFrame,
     config: NextBestActionConfig | None = None,
+    *,
+    thresholds: Mapping[str, float | None] | None = None,
 ) -> pd.DataFrame:
     """One next best action per customer (rules and defaults in the module docstring).
 
@@ -475,6 +567,10 @@ def assign_next_best_action(
         customers absent from ``customers`` are ignored; customers without rows are fine.
     config
         Thresholds and rule order (default :class:`NextBestActionConfig()`).
+    thresholds
+        The population-level values (:func:`action_thresholds`) to use instead of computing
+        them over ``customers``: with those of a larger table, every customer gets the action
+        the larger table's run gives it. Default: computed over ``customers``.
 
     Returns
     -------
@@ -510,11 +606,11 @@ def assign_next_best_action(
     churn = np.where(np.isnan(churn), 1.0 - p_alive, churn)
     clv = _numeric(customers, "clv", lo=0.0, hi=None, hint=_HINT_CUSTOMERS)
     band_col = next((c for c in RISK_BAND_COLUMNS if c in customers.columns), None)
-    hist_col = cfg.historical_value_column
-    hist = (
-        _numeric(customers, hist_col, lo=None, hi=None, hint=_HINT_CUSTOMERS)
-        if hist_col is not None and hist_col in customers.columns
-        else None
+    hist = _history(customers, cfg)
+    cuts = (
+        _thresholds(clv, hist, cfg)
+        if thresholds is None
+        else _given_thresholds(thresholds, hist, cfg)
     )
     rec = _recommendation_arrays(recommendations, ids, cfg)
     min_score = float(cfg.min_recommendation_score)
@@ -530,9 +626,9 @@ def assign_next_best_action(
     if cfg.high_churn_probability is not None:
         high_risk |= churn >= float(cfg.high_churn_probability)
     lapsed = np.isin(segment, list(cfg.lapsed_segments)) | high_risk
-    valuable = _quantile_mask(clv, cfg.winback_value_quantile)
+    valuable = _at_least(clv, cuts["winback_clv"])
     if hist is not None:
-        valuable |= _quantile_mask(hist, cfg.winback_value_quantile)
+        valuable |= _at_least(hist, cuts["winback_history"])
     winback = lapsed & valuable & (p_alive >= float(cfg.winback_min_p_alive))
 
     react_best = _best(rec, rec["kind"] == "reactivation", n)
@@ -564,7 +660,7 @@ def assign_next_best_action(
         "replenishment": due_row >= 0,
         "loyalty_reward": np.isin(segment, list(cfg.loyalty_segments)),
         "referral_ask": np.isin(segment, list(cfg.referral_segments))
-        & _quantile_mask(clv, cfg.referral_clv_quantile),
+        & _at_least(clv, cuts["referral_clv"]),
         **{k: r >= 0 for k, r in offer_row.items()},
     }
     rec_score = np.r_[rec["score"], 0.0]

@@ -637,3 +637,58 @@ def test_csv_round_trip_is_exact_and_keeps_na_like_ids(tmp_path, random_tables):
     write_audiences(aud, tmp_path, fmt="csv")
     for a in AUDIENCE_ACTIONS:
         pd.testing.assert_frame_equal(read_audience(tmp_path / f"{a}.csv"), aud[a])
+
+
+def test_subsets_scored_with_the_population_thresholds_equal_the_full_run(random_tables):
+    """The quantile thresholds are the only population-level inputs: computed once over all
+    customers and passed in, every subset of customers (with its own recommendation rows) gets
+    exactly the rows of the full run; computed per subset, they would not."""
+    from crmkit.models.actions import THRESHOLD_KEYS, action_thresholds
+
+    cust, recs = random_tables
+    cfg = NextBestActionConfig(referral_clv_quantile=0.6)
+    full = assign_next_best_action(cust, recs, cfg)
+    cuts = action_thresholds(cust, cfg)
+    assert list(cuts) == list(THRESHOLD_KEYS)
+    assert cuts == {
+        "winback_clv": np.quantile(cust["clv"], 0.5),
+        "winback_history": np.quantile(cust["total_spend"], 0.5),
+        "referral_clv": np.quantile(cust["clv"], 0.6),
+    }
+    group = np.random.default_rng(5).integers(0, 7, len(cust))
+    parts, own = [], []
+    for g in range(7):
+        sub = cust[group == g]
+        sub_recs = recs[recs["customer_id"].isin(sub["customer_id"])]
+        parts.append(assign_next_best_action(sub, sub_recs, cfg, thresholds=cuts))
+        own.append(assign_next_best_action(sub, sub_recs, cfg))
+    got = pd.concat(parts).loc[full.index]
+    pd.testing.assert_frame_equal(got, full)
+    own_actions = pd.concat(own).loc[full.index, "next_best_action"]
+    assert (own_actions != full["next_best_action"]).sum() > 10  # the thresholds matter
+    # no recommendation row for anyone, and an empty table, with given thresholds
+    empty = assign_next_best_action(cust.iloc[:0], empty_recommendations(), cfg, thresholds=cuts)
+    assert len(empty) == 0 and list(empty.columns) == list(full.columns)
+    assert action_thresholds(cust.iloc[:0], cfg) == dict.fromkeys(THRESHOLD_KEYS)
+
+
+def test_given_thresholds_must_fit_the_table(random_tables):
+    from crmkit.models.actions import action_thresholds
+
+    cust, recs = random_tables
+    cuts = action_thresholds(cust)
+    with pytest.raises(DataContractError, match="thresholds lack") as e:
+        assign_next_best_action(cust, recs, thresholds={"winback_clv": 1.0})
+    assert e.value.rule == "thresholds"
+    with pytest.raises(DataContractError, match="lacks the historical value") as e:
+        assign_next_best_action(cust.drop(columns="total_spend"), recs, thresholds=cuts)
+    assert e.value.column == "total_spend"
+    no_hist = action_thresholds(cust.drop(columns="total_spend"))
+    assert no_hist["winback_history"] is None
+    with pytest.raises(DataContractError, match="has the historical value"):
+        assign_next_best_action(cust, recs, thresholds=no_hist)
+    with pytest.raises(DataContractError, match="referral_clv is inf"):
+        assign_next_best_action(cust, recs, thresholds={**cuts, "referral_clv": np.inf})
+    with pytest.raises(DataContractError) as e:
+        action_thresholds(cust.assign(clv=-cust["clv"]))
+    assert e.value.column == "clv" and e.value.rule == "out_of_range"
