@@ -24,9 +24,9 @@ def spark_session(
     Under ``spark-submit`` or in a notebook on a cluster the running session is returned
     unchanged (apart from :data:`NANOS_AS_LONG`, set when reading lines). Otherwise a session
     is started on ``master`` (default ``CRMKIT_SPARK_MASTER`` or ``local[*]``) with the driver
-    bound to 127.0.0.1, the web UI and the console progress bar off, and the Python workers
-    started with this interpreter (``PYSPARK_PYTHON``, unless already set) so that they see
-    the same packages.
+    bound to 127.0.0.1, the web UI and the console progress bar off, and - on a ``local``
+    master - the Python workers started with this interpreter (``PYSPARK_PYTHON``, unless
+    already set) so that they see the same packages.
 
     Parameters
     ----------
@@ -38,7 +38,6 @@ def spark_session(
         ``spark.sql.shuffle.partitions`` of a new session (Spark's default 200 is far too many
         for one machine).
     """
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
 
     active = SparkSession.getActiveSession()
@@ -50,6 +49,9 @@ def spark_session(
         url = master or os.environ.get("CRMKIT_SPARK_MASTER", "local[*]")
         builder = builder.master(url)
         if url.startswith("local"):
+            # the workers run this interpreter; under spark-submit or on a cluster the job's
+            # own settings (PYSPARK_PYTHON, spark.pyspark.python) decide, untouched
+            os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
             builder = (
                 builder.config("spark.driver.host", "127.0.0.1")
                 .config("spark.driver.bindAddress", "127.0.0.1")
