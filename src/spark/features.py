@@ -26,12 +26,14 @@ customer table, one row per customer, to one task for it); see ``docs/spark.md``
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping, Sequence
 
 import pandas as pd
+from pyspark import StorageLevel
 from pyspark.errors import AnalysisException
-from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -233,16 +235,90 @@ def _in_age(age: Column, lo: int, hi: int) -> Column:
     return (age > F.lit(lo)) & (age <= F.lit(hi))
 
 
+#: :func:`pyspark.sql.functions.monotonically_increasing_id` keeps the row number within a
+#: partition in the lower 33 bits and the partition index above them.
+_ROW_BITS = 33
+
+
+def _quintile_scores(df: DataFrame, scores: Mapping[str, Sequence[Column]]) -> DataFrame:
+    """Add one quantile score 1..5 per entry of ``scores`` (name -> sort order, worst first):
+    ``5 * rank // n + 1`` from the 0-based rank in that order, ties by ``customer_id``, as
+    :func:`crmkit.features.segments.score_rfm`. Exact and distributed; no step sees all rows.
+
+    For each score, only ``customer_id`` and the sort keys are range-partitioned on the total
+    order (the sort keys, then ``customer_id``) and sorted within each partition, so that
+    partition ``p`` holds one contiguous run of ranks and a row's local position
+    (``monotonically_increasing_id`` right after the sort) is its rank within the run. The rows
+    per partition (a few numbers per partition) reach the driver and become offsets; the
+    global rank is the offset of the row's partition plus its local position, and the score a
+    column of that. The scores are joined back on ``customer_id``. Orders, nulls, NaN and ties
+    are Spark's sort's for the given sort orders, as in one window over all rows.
+
+    ``df`` must have one row per non-null ``customer_id`` (the customer table). It is persisted
+    (``MEMORY_AND_DISK``) and computed now, once, as are the narrow rank tables: the returned
+    DataFrame reads them (``spark.catalog.clearCache()`` or ``unpersist`` frees them).
+    """
+    spark = df.sparkSession
+    parts = max(1, int(spark.conf.get("spark.sql.shuffle.partitions") or 1))
+    base = df.persist(StorageLevel.MEMORY_AND_DISK)
+    n = base.count()  # computes and caches df
+    part = F.shiftright(F.col("_pos"), _ROW_BITS)
+    ranked: dict[str, DataFrame] = {}
+    for name, worst_first in scores.items():
+        order = [*worst_first, F.col("customer_id").asc()]
+        ranked[name] = (
+            base.repartitionByRange(parts, *order)
+            .sortWithinPartitions(*order)
+            .select(F.col("customer_id"), F.monotonically_increasing_id().alias("_pos"))
+            .persist(StorageLevel.MEMORY_AND_DISK)
+        )
+    counts = [
+        r.groupBy(part.alias("_part"))
+        .agg(
+            F.count(F.lit(1)).alias("_rows"),
+            F.count(F.when(F.col("customer_id").isNull(), F.lit(1))).alias("_null_ids"),
+        )
+        .select(F.lit(name).alias("_score"), "*")
+        for name, r in ranked.items()
+    ]
+    rows: dict[str, dict[int, int]] = {name: {} for name in scores}
+    null_ids = 0
+    for row in functools.reduce(DataFrame.unionByName, counts).collect():  # one job
+        rows[row["_score"]][int(row["_part"])] = int(row["_rows"])
+        null_ids += int(row["_null_ids"])
+    if null_ids:
+        raise DataContractError(
+            f"customer_id has {null_ids // len(scores)} missing value(s); quantile scores "
+            "rank customers by id among ties",
+            column="customer_id",
+            rule="missing_customer_id",
+        )
+    out = base
+    for name, by_part in rows.items():
+        if sum(by_part.values()) != n:  # df changed between the two passes
+            raise DataContractError(
+                f"quantile score {name}: {sum(by_part.values())} ranked rows, {n} rows",
+                rule="deterministic_input",
+                hint="persist the customer table before scoring it",
+            )
+        offsets, total = [], 0
+        for p in range(max(by_part, default=-1) + 1):
+            offsets.append(F.lit(total).cast("long"))
+            total += by_part.get(p, 0)
+        rank = F.element_at(F.array(*offsets), (part + 1).cast("int")) + F.col("_pos").bitwiseAND(
+            F.lit((1 << _ROW_BITS) - 1)
+        )
+        scored = ranked[name].select("customer_id", rank.alias("_rank"))
+        scored = scored.select("customer_id", F.expr(f"(_rank * 5) div {n}L + 1").alias(name))
+        out = out.join(scored.hint("shuffle_hash"), "customer_id")
+    return out.select(*df.columns, *rows)
+
+
 def _with_quintile(df: DataFrame, name: str, worst_first: list[Column]) -> DataFrame:
     """Add score ``name`` 1..5 from the 0-based rank in ``worst_first`` order (ties by
-    customer id): ``5 * rank // n + 1``, as :func:`crmkit.features.segments.score_rfm`."""
-    ranked = Window.orderBy(*worst_first, F.col("customer_id").asc())
-    return (
-        df.withColumn("_rank", F.row_number().over(ranked) - 1)
-        .withColumn("_n", F.count(F.lit(1)).over(Window.partitionBy()))
-        .withColumn(name, F.expr("((cast(_rank AS BIGINT) * 5) div _n) + 1"))
-        .drop("_rank", "_n")
-    )
+    customer id): ``5 * rank // n + 1``, as :func:`crmkit.features.segments.score_rfm`.
+    Distributed and exact (:func:`_quintile_scores`, which does several scores at once)."""
+    return _quintile_scores(df, {name: worst_first})
 
 
 # --------------------------------------------------------------------------------------------
@@ -521,9 +597,12 @@ def customer_table(
     if cfg.scoring == "quantile":
         if cfg.thresholds:
             raise ConfigError("thresholds only apply to scoring 'fixed'")
-        t = _with_quintile(t, "r_score", [F.col("days_since_last").desc()])
-        t = _with_quintile(t, "f_score", [F.col("orders_per_month").asc()])
-        t = _with_quintile(t, "m_score", [F.col(monetary).asc()])
+        worst_first = {
+            "r_score": [F.col("days_since_last").desc()],
+            "f_score": [F.col("orders_per_month").asc()],
+            "m_score": [F.col(monetary).asc()],
+        }
+        t = _quintile_scores(t, worst_first)
     else:
         r, f, m = _fixed_scores(cfg, monetary)
         t = t.withColumn("r_score", r).withColumn("f_score", f).withColumn("m_score", m)

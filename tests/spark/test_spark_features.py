@@ -134,3 +134,75 @@ def test_spark_customer_table_equals_the_local_one(spark, tmp_path):
     assert len(local) == 4334
     assert local["avg_order_value"].duplicated().sum() > 10  # ties at score boundaries matter
     assert_same_table(local, got, "Online Retail")
+
+
+def test_quantile_scores_are_exact_over_many_range_partitions(spark, tmp_path):
+    """The distributed quantile ranking (range partitions, local positions, offsets from the
+    rows per partition) gives the local engine's scores with heavy ties, -0.0 and customers
+    spread over many partitions, and the former one-window ranking's scores with nulls and
+    NaN (which the local engine rejects); the customer table is unchanged on 7 partitions."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    from crmkit.features.segments import _quintile_scores as local_quintiles
+    from crmkit.spark.features import _quintile_scores, _with_quintile
+
+    def one_window(df, name, worst_first):  # the former ranking: one task over all rows
+        ranked = Window.orderBy(*worst_first, F.col("customer_id").asc())
+        return (
+            df.withColumn("_rank", F.row_number().over(ranked) - 1)
+            .withColumn("_n", F.count(F.lit(1)).over(Window.partitionBy()))
+            .withColumn(name, F.expr("((cast(_rank AS BIGINT) * 5) div _n) + 1"))
+        )
+
+    rng = np.random.default_rng(3)
+    n = 4003
+    ids = np.array([f"c{i:05d}" for i in range(n)])
+    frame = pd.DataFrame(
+        {
+            "customer_id": ids[rng.permutation(n)],
+            "days": rng.integers(0, 6, n),  # 6 values: ~670 ties each
+            "spend": np.round(rng.gamma(1.0, 20.0, n), 0) * rng.choice([-1.0, 1.0], n),
+        }
+    )
+    frame.loc[frame["spend"] == 0, "spend"] = rng.choice([0.0, -0.0], (frame["spend"] == 0).sum())
+    assert np.signbit(frame["spend"]).sum() > np.signbit(frame["spend"][frame["spend"] != 0]).sum()
+    previous = spark.conf.get("spark.sql.shuffle.partitions")
+    spark.conf.set("spark.sql.shuffle.partitions", "7")
+    try:
+        df = spark.createDataFrame(frame).repartition(5)
+        specs = {"r": [F.col("days").desc()], "m": [F.col("spend").asc()]}
+        got = _quintile_scores(df, specs).toPandas().set_index("customer_id").sort_index()
+        want = frame.set_index("customer_id").sort_index()  # local: ties in id order
+        assert list(got.columns) == ["days", "spend", "r", "m"]
+        assert np.array_equal(got["r"], local_quintiles(-want["days"].to_numpy(np.float64)))
+        assert np.array_equal(got["m"], local_quintiles(want["spend"].to_numpy()))
+        assert np.bincount(got["r"])[1:].tolist() == [801, 801, 800, 801, 800]
+
+        # nulls and NaN, several sort keys: as the former one-window ranking
+        frame.loc[rng.choice(n, 60, replace=False), "spend"] = np.nan
+        holes = spark.createDataFrame(frame).withColumn(
+            "days", F.when(F.col("customer_id") < "c00100", None).otherwise(F.col("days"))
+        )
+        for worst_first in (
+            [F.col("spend").desc()],
+            [F.col("days").asc(), F.col("spend").desc_nulls_first()],
+            [F.col("days").desc_nulls_last(), F.col("spend").asc_nulls_last()],
+        ):
+            got = _with_quintile(holes, "s", worst_first).toPandas().set_index("customer_id")
+            ref = one_window(holes, "s", worst_first).toPandas().set_index("customer_id")
+            assert got["s"].sort_index().tolist() == ref["s"].sort_index().tolist()
+        with pytest.raises(DataContractError) as err:
+            _with_quintile(holes.withColumn("customer_id", F.lit(None).cast("string")), "s", [])
+        assert err.value.column == "customer_id"
+
+        # the customer table on 7 range partitions equals the local one
+        from crmkit.data.simulate import simulate_transactions
+
+        lines = clean_lines(simulate_transactions(n_customers=800, seed=4).lines).lines
+        lines.to_parquet(tmp_path / "lines.parquet", index=False)
+        cfg = FeaturesConfig(monetary="total_spend")
+        got = spark_table(spark, tmp_path / "lines.parquet", "2023-06-30", cfg, tmp_path / "o")
+        assert_same_table(local_customer_table(lines, "2023-06-30", cfg), got, "7 partitions")
+    finally:
+        spark.conf.set("spark.sql.shuffle.partitions", previous)
