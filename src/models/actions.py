@@ -61,7 +61,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -226,10 +226,19 @@ def _rows(mask: np.ndarray, values: np.ndarray | pd.Series, k: int = 10) -> list
     return [(int(i) + 1, vals[i]) for i in idx]
 
 
-def _require(frame: Any, columns: tuple[str, ...], what: str, hint: str) -> None:
-    if not isinstance(frame, pd.DataFrame):
+def _require(
+    frame: Any,
+    columns: Sequence[str],
+    what: str,
+    hint: str,
+    *,
+    frame_type: type = pd.DataFrame,
+    type_name: str = "a DataFrame",
+) -> None:
+    """``frame`` is a ``frame_type`` with ``columns`` (also used for Spark DataFrames)."""
+    if not isinstance(frame, frame_type):
         raise DataContractError(
-            f"expected a DataFrame of {what}, got {type(frame).__name__}",
+            f"expected {type_name} of {what}, got {type(frame).__name__}",
             rule="input_type",
             hint=hint,
         )
@@ -784,6 +793,19 @@ def build_audiences(customers_with_actions: pd.DataFrame) -> dict[str, pd.DataFr
     return out
 
 
+def _check_write_args(audiences: Mapping[str, Any], fmt: str) -> None:
+    """The arguments of :func:`write_audiences` (and of the Spark engine's)."""
+    if fmt not in ("parquet", "csv"):
+        raise DataContractError(f"fmt must be 'parquet' or 'csv', got {fmt!r}", rule="format")
+    unknown = sorted(set(audiences) - set(AUDIENCE_ACTIONS))
+    if unknown:
+        raise DataContractError(
+            f"unknown audience(s) {unknown}; expected keys from {list(AUDIENCE_ACTIONS)}",
+            rule="allowed_values",
+            hint="pass build_audiences(...) output",
+        )
+
+
 def write_audiences(
     audiences: Mapping[str, pd.DataFrame],
     out_dir: str | os.PathLike,
@@ -814,15 +836,7 @@ def write_audiences(
     """
     from crmkit.data.io import staged_output, write_parquet
 
-    if fmt not in ("parquet", "csv"):
-        raise DataContractError(f"fmt must be 'parquet' or 'csv', got {fmt!r}", rule="format")
-    unknown = sorted(set(audiences) - set(AUDIENCE_ACTIONS))
-    if unknown:
-        raise DataContractError(
-            f"unknown audience(s) {unknown}; expected keys from {list(AUDIENCE_ACTIONS)}",
-            rule="allowed_values",
-            hint="pass build_audiences(...) output",
-        )
+    _check_write_args(audiences, fmt)
     frames: dict[str, pd.DataFrame] = {}
     for a in AUDIENCE_ACTIONS:
         f = audiences.get(a)
@@ -849,11 +863,15 @@ def write_audiences(
 
 
 def read_audience(path: str | os.PathLike) -> pd.DataFrame:
-    """Read one audience file written by :func:`write_audiences` (Parquet or CSV) with the
-    same column types (``customer_id`` / ``product_id`` / ``segment`` as strings)."""
+    """Read one audience file written by :func:`write_audiences` (Parquet or CSV) or by
+    :func:`crmkit.spark.actions.write_audiences` (a Parquet data set: a directory) with the
+    same column types (``customer_id`` / ``product_id`` / ``segment`` as strings). In CSV an
+    empty field is a missing ``product_id`` or number (``churn_probability`` of a customer the
+    churn model did not score), ``NaN`` a missing number; numbers are read back exactly."""
     p = Path(path)
     if p.suffix == ".parquet":
         return pd.read_parquet(p)
+    missing_number = ["", "NaN"]
     return pd.read_csv(
         p,
         dtype={
@@ -867,5 +885,8 @@ def read_audience(path: str | os.PathLike) -> pd.DataFrame:
             "churn_probability": np.float64,
         },
         keep_default_na=False,
-        na_values={"product_id": [""]},
+        na_values={
+            "product_id": [""],
+            **{c: missing_number for c in ("action_value", "clv", "p_alive", "churn_probability")},
+        },
     )

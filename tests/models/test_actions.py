@@ -692,3 +692,17 @@ def test_given_thresholds_must_fit_the_table(random_tables):
     with pytest.raises(DataContractError) as e:
         action_thresholds(cust.assign(clv=-cust["clv"]))
     assert e.value.column == "clv" and e.value.rule == "out_of_range"
+
+
+def test_csv_round_trip_with_missing_churn_probability(tmp_path, random_tables):
+    """Customers the churn model did not score (or a bundle without one) have no
+    churn_probability: their audience CSV rows have an empty field, read back as NaN."""
+    cust, recs = random_tables
+    cust = cust.assign(churn_probability=cust["churn_probability"].where(cust.index % 3 > 0))
+    aud = build_audiences(assign_next_best_action(cust, recs))
+    assert all(f["churn_probability"].isna().any() for f in aud.values())
+    write_audiences(aud, tmp_path, fmt="csv")
+    for a in AUDIENCE_ACTIONS:
+        pd.testing.assert_frame_equal(
+            read_audience(tmp_path / f"{a}.csv"), aud[a], check_exact=True
+        )
