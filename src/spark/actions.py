@@ -395,11 +395,11 @@ def _assign_groups(
     def assign(customers: pd.DataFrame, recs: pd.DataFrame) -> pd.DataFrame:
         from crmkit.models.actions import assign_next_best_action
 
-        customers = customers.drop(columns=_BUCKET)
-        if customers.empty:
-            return pd.DataFrame({c: [] for c in names})
+        if customers.empty:  # lists of customers outside the table only
+            # (object columns: Arrow cannot take pandas' empty Arrow-backed strings back)
+            return pd.DataFrame({c: pd.Series([], dtype=object) for c in names})
         out = assign_next_best_action(
-            customers, recs.drop(columns=_BUCKET), cfg, thresholds=thresholds
+            customers.drop(columns=_BUCKET), recs.drop(columns=_BUCKET), cfg, thresholds=thresholds
         )
         out["next_best_action"] = out["next_best_action"].astype("str")
         return out[names]

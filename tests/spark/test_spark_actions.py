@@ -197,12 +197,6 @@ def test_next_best_actions_and_audiences_equal_the_local_ones(spark, scored, tmp
     s_aud = sa.build_audiences(spark.createDataFrame(got), rows_per_bucket=RANGE_ROWS)
     assert list(s_aud) == list(AUDIENCE_ACTIONS)
     assert all(s_aud[a].columns == list(AUDIENCE_COLUMNS) for a in AUDIENCE_ACTIONS)
-    s_parquet = tmp_path / "spark_aud"
-    sa.write_audiences(s_aud, s_parquet)
-    for a in AUDIENCE_ACTIONS:  # a Parquet data set per audience, read by pandas as the frame
-        assert (s_parquet / f"{a}.parquet").is_dir()
-        back = pd.read_parquet(s_parquet / f"{a}.parquet")
-        pd.testing.assert_frame_equal(back, local_aud[a], check_exact=True, obj=a)
 
     # written: the local files, read back the same way; an empty audience included
     s_aud["referral_ask"] = s_aud["referral_ask"].limit(0)
@@ -221,6 +215,9 @@ def test_next_best_actions_and_audiences_equal_the_local_ones(spark, scored, tmp
             )
             file = s_dir / s_entry["file"]
             assert file.is_dir() == (fmt == "parquet")
+            if fmt == "parquet":  # a Parquet data set, read by pandas as the local frame
+                back = pd.read_parquet(file)
+                pd.testing.assert_frame_equal(back, local_aud[a], check_exact=True, obj=a)
             pd.testing.assert_frame_equal(
                 read_audience(file), read_audience(l_dir / l_entry["file"]), check_exact=True
             )
@@ -236,6 +233,30 @@ def test_next_best_actions_and_audiences_equal_the_local_ones(spark, scored, tmp
         for d in ("spark_csv", "local_csv")
     }
     assert quoted["spark_csv"] == quoted["local_csv"] and quoted["local_csv"]
+
+
+def test_groups_without_customers_or_without_lists(spark, scored):
+    """Buckets holding only lists of customers outside the table, customers without lists."""
+    from crmkit.spark.actions import next_best_actions
+
+    cust, recs = scored
+    few = cust.iloc[:4]
+    mine = recs[recs["customer_id"].isin(few["customer_id"].iloc[:3])]
+    strangers = pd.concat(
+        [mine.iloc[:2].assign(customer_id=f"S{i}", score=50.0) for i in range(30)]
+    )
+    lists = pd.concat([mine, strangers], ignore_index=True)
+    local = assign_next_best_action(few, lists)
+    s_few, s_lists = _spark_frames(spark, few, lists)
+    got = next_best_actions(s_few, s_lists, buckets=40).toPandas()
+    got = got.sort_values("customer_id").reset_index(drop=True)
+    assert got["customer_id"].tolist() == local["customer_id"].tolist()
+    assert got["next_best_action"].tolist() == local["next_best_action"].astype(str).tolist()
+    assert got["action_value"].tolist() == local["action_value"].tolist()
+    assert (
+        got["action_product_id"].fillna("-").tolist()
+        == local["action_product_id"].fillna("-").tolist()
+    )
 
 
 def test_clear_errors_before_any_group_runs(spark, scored):
