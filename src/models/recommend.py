@@ -111,6 +111,7 @@ __all__ = [
     "KINDS",
     "RECOMMENDATION_COLUMNS",
     "Recommender",
+    "PopulationStats",
     "recommend",
     "evaluate_recommendations",
     "popularity_baseline",
@@ -880,6 +881,335 @@ def _popular(pur: _Purchases, day: int, days: int) -> tuple[np.ndarray, np.ndarr
     return np.bincount(pur.op_prod[m], minlength=pur.n_products), n_orders
 
 
+def _own_gap(first: np.ndarray, last: np.ndarray, kf: np.ndarray) -> np.ndarray:
+    """A customer's own repurchase gap of a product (days between the first and the last
+    order with it over the orders in between, at least 1)."""
+    return np.maximum((last - first) / np.maximum(kf - 1.0, 1.0), 1.0)
+
+
+def _repeat_log_gaps(snap: _Snapshot) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Customer codes, product codes and log own gaps of the snapshot's repeat purchases
+    (bought in at least two orders), in (customer, product) order."""
+    rep = snap.k >= 2
+    kf = snap.k[rep].astype(np.float64)
+    return snap.pc[rep], snap.pp[rep], np.log(_own_gap(snap.first[rep], snap.last[rep], kf))
+
+
+def _gap_sums(pp: np.ndarray, log_gap: np.ndarray, n_p: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per product: repeat buyers and the sum of their log gaps (added in the order given)."""
+    n_rep = np.bincount(pp, minlength=n_p).astype(np.int64)
+    return n_rep, np.bincount(pp, weights=log_gap, minlength=n_p).astype(np.float64)
+
+
+def _sequential_sum(values: np.ndarray) -> float:
+    """``values`` added one after the other from 0.0 (as :func:`_gap_sums` adds one product's
+    values: the same float operations in the same order)."""
+    values = np.asarray(values, dtype=np.float64)
+    return float(np.bincount(np.zeros(len(values), dtype=np.intp), weights=values, minlength=1)[0])
+
+
+def _typical_gaps(n_rep: np.ndarray, log_sum: np.ndarray, horizon: float) -> np.ndarray:
+    """The products' typical repurchase gaps: the geometric mean of their repeat buyers' own
+    gaps; for products without a repeat buyer the geometric mean over every repeat purchase
+    (``exp(sum of the products' log sums / repeat purchases)``, the products' sums added as
+    ``numpy.sum`` adds them), and ``horizon`` when nothing was bought twice."""
+    total = int(n_rep.sum())
+    if not total:
+        return np.full(len(n_rep), float(horizon))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pg = np.exp(log_sum / n_rep)
+    return np.where(n_rep > 0, pg, float(np.exp(log_sum.sum() / total)))
+
+
+def _segment_measures(snap: _Snapshot) -> tuple[np.ndarray, pd.DataFrame]:
+    """Customer codes with an order before the snapshot day and their RFM measures
+    (:mod:`crmkit.features.segments`), in customer order."""
+    idx = np.flatnonzero(snap.c_orders > 0)
+    n = snap.c_orders[idx].astype(np.float64)
+    since_first = (snap.as_of_day - snap.c_first[idx]).astype(np.int64)
+    measures = pd.DataFrame(
+        {
+            "n_orders": snap.c_orders[idx],
+            "total_spend": snap.c_spend[idx],
+            "avg_order_value": snap.c_spend[idx] / n,
+            "days_since_first": since_first,
+            "days_since_last": (snap.as_of_day - snap.c_last[idx]).astype(np.int64),
+            "orders_per_month": n / np.maximum(since_first / (365.25 / 12.0), 1.0),
+        }
+    )
+    return idx, measures
+
+
+def _segments_and_cut(measures: pd.DataFrame, quantile: float) -> tuple[np.ndarray, float]:
+    """RFM segments (quintile scores over these customers, in their row order: customer order)
+    and the ``quantile`` of their total spend."""
+    from crmkit.features.segments import assign_segments, score_rfm
+
+    seg = assign_segments(score_rfm(measures)).to_numpy(dtype=object)
+    cut = np.quantile(measures["total_spend"].to_numpy(dtype=np.float64), float(quantile))
+    return seg, float(cut)
+
+
+def _exact_partials(values: Iterable[float]) -> list[float]:
+    """Non-overlapping floats whose exact sum is the exact sum of ``values`` (Shewchuk's
+    partials, as inside :func:`math.fsum`): partial sums of parts of a column that
+    :func:`math.fsum` merges into the correctly rounded total, in any order."""
+    partials: list[float] = []
+    for x in values:
+        x = float(x)
+        i = 0
+        for y in partials:
+            if abs(x) < abs(y):
+                x, y = y, x
+            hi = x + y
+            lo = y - (hi - x)
+            if lo:
+                partials[i] = lo
+                i += 1
+            x = hi
+        partials[i:] = [x]
+    return partials
+
+
+# --------------------------------------------------------------------------------------------
+# population-level statistics
+
+
+@dataclass(frozen=True, eq=False)
+class PopulationStats:
+    """What :meth:`Recommender.recommend_for` measures over *all* customers of the lines it is
+    given (the population), as opposed to each customer's own history.
+
+    With these from the whole population, the lists of any part of the customers (all lines
+    of each customer in the part) equal their rows in the lists of the whole population:
+    :meth:`Recommender.recommend_for` with ``population=``. Everything else the lists use is
+    either learned (fixed at training) or a customer's own (their lines, their
+    ``customer_scores`` row).
+
+    Attributes
+    ----------
+    cutoff
+        ``analysis_cutoff(as_of)`` of the statistics.
+    n_known
+        Products of the learned state (codes ``0 .. n_known - 1``).
+    new_products
+        The population's products unknown at training (:data:`NEW_PRODUCT_COLUMNS`), sorted by
+        ``product_id``: their codes follow the learned ones in this order (so the product codes,
+        and with them every tie-break by code, are the population's). Per product: the
+        realised mean unit price (sum of amounts / units over its purchase lines, in line
+        order), the value (unit price or margin) on ``value_basis``, mean units per order,
+        the category and the name of its first purchase line (in line order).
+    value_basis
+        ``"margin"`` or ``"price"``: what ``new_products["value"]`` holds.
+    repeat_buyers, log_gap_sum
+        Per product code (learned, then new): customers who bought it in two or more orders,
+        and the sum of the logs of their own repurchase gaps added in customer id order. The
+        typical repurchase gap of a product is ``exp(log_gap_sum / repeat_buyers)``; products
+        without a repeat buyer get the geometric mean over all repeat purchases.
+    segments
+        RFM segment (quintile scores over the population's customers with an order) of every
+        customer with an order, indexed by customer id; None without the reactivation kind.
+    spend_cut
+        The ``reactivation_min_value_quantile`` quantile of those customers' total spend.
+    clv_mean
+        The mean ``clv`` of ``customer_scores`` over the population's customers (correctly
+        rounded sum, :func:`math.fsum`), the denominator of the CLV weight; None without a
+        ``clv``.
+
+    Not population-level (so not here): P(alive) and CLV of a customer, every history-based
+    feature, and the learned rules, up-sell pairs, catalogue, best sellers and calibration.
+    One customer per order is assumed (an ``order_id`` shared by customers of different
+    parts would be two orders).
+    """
+
+    cutoff: pd.Timestamp
+    n_known: int
+    new_products: pd.DataFrame
+    value_basis: str
+    repeat_buyers: np.ndarray
+    log_gap_sum: np.ndarray
+    segments: pd.Series | None = None
+    spend_cut: float | None = None
+    clv_mean: float | None = None
+
+    def products(self, recommender: Recommender, cutoff: pd.Timestamp) -> pd.Index:
+        """The population's product index (learned, then new), checked against the
+        recommender and the analysis cutoff."""
+        known = recommender._products
+        if pd.Timestamp(cutoff) != pd.Timestamp(self.cutoff):
+            raise ConfigError(
+                f"the population statistics are for the cutoff {self.cutoff}, not {cutoff}"
+            )
+        n_p = self.n_known + len(self.new_products)
+        if self.n_known != len(known) or len(self.repeat_buyers) != n_p:
+            raise ConfigError(
+                "the population statistics were computed with another recommender "
+                f"({self.n_known} learned products, this one has {len(known)})"
+            )
+        new = self.new_products["product_id"].to_numpy(dtype=object)
+        return pd.Index(np.r_[known.to_numpy(dtype=object), new], dtype="str", name="product_id")
+
+    def segments_of(self, customers: pd.Index) -> tuple[np.ndarray, float]:
+        """The population segments of ``customers`` (ids) and the spend cut."""
+        if self.segments is None or self.spend_cut is None:
+            raise ConfigError(
+                "the population statistics hold no segments: compute them with the "
+                "reactivation kind"
+            )
+        seg = self.segments.reindex(pd.Index(customers, dtype="str"))
+        missing = seg.isna().to_numpy()
+        if missing.any():
+            raise DataContractError(
+                f"the population statistics have no segment for {int(missing.sum())} "
+                f"customer(s) of the lines, e.g. {customers[np.argmax(missing)]!r}: they are "
+                "not the population of these lines",
+                column="customer_id",
+                rule="population_stats",
+            )
+        return seg.to_numpy(dtype=object), float(self.spend_cut)
+
+    @classmethod
+    def from_parts(
+        cls,
+        recommender: Recommender,
+        as_of: Any,
+        *,
+        new_products: pd.DataFrame,
+        value_basis: str,
+        gaps: pd.DataFrame,
+        segments: pd.Series | None = None,
+        spend_cut: float | None = None,
+        clv_mean: float | None = None,
+    ) -> PopulationStats:
+        """The statistics from product-level tables measured in parts: ``new_products``
+        (:data:`NEW_PRODUCT_COLUMNS`, one row per new product, any order; from
+        :func:`_new_product_table` on all lines of each product) and ``gaps`` (``product_id``,
+        ``repeat_buyers``, ``log_gap_sum``: one row per product with a repeat buyer, the sum
+        added in customer id order by :func:`_sequential_sum`)."""
+        recommender._require_state()
+        known = recommender._products
+        ids = pd.Index(new_products["product_id"].astype("str"), dtype="str")
+        if ids.has_duplicates or known.get_indexer(ids).max(initial=-1) >= 0:
+            raise DataContractError(
+                "new_products must list each product unknown at training once",
+                column="product_id",
+                rule="population_stats",
+            )
+        order = np.argsort(ids.to_numpy(dtype=object), kind="stable")
+        table = new_products.iloc[order].reset_index(drop=True)
+        table["product_id"] = pd.Series(ids[order].to_numpy(dtype=object), dtype="str")
+        full = pd.Index(
+            np.r_[known.to_numpy(dtype=object), ids[order].to_numpy(dtype=object)], dtype="str"
+        )
+        pos = full.get_indexer(pd.Index(gaps["product_id"].astype("str"), dtype="str"))
+        if (pos < 0).any() or len(np.unique(pos)) != len(pos):
+            raise DataContractError(
+                "gaps must have one row per product of the population",
+                column="product_id",
+                rule="population_stats",
+            )
+        n_rep = np.zeros(len(full), dtype=np.int64)
+        log_sum = np.zeros(len(full), dtype=np.float64)
+        n_rep[pos] = gaps["repeat_buyers"].to_numpy(dtype=np.int64)
+        log_sum[pos] = gaps["log_gap_sum"].to_numpy(dtype=np.float64)
+        return cls(
+            cutoff=_cutoff(as_of),
+            n_known=len(known),
+            new_products=table,
+            value_basis=str(value_basis),
+            repeat_buyers=n_rep,
+            log_gap_sum=log_sum,
+            segments=segments,
+            spend_cut=None if spend_cut is None else float(spend_cut),
+            clv_mean=None if clv_mean is None else float(clv_mean),
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class _GroupParts:
+    """The customer-level inputs of :class:`PopulationStats` from a group of customers."""
+
+    measures: pd.DataFrame  # customer_id and the columns of _segment_measures
+    repeats: pd.DataFrame  # customer_id, product_id, log_gap
+    customers: pd.Index  # customers with a purchase (the group's audience)
+    new_products: pd.Index  # products unknown at training the group bought
+
+
+def _customer_group_parts(
+    lines: pd.DataFrame, cutoff: pd.Timestamp, known: pd.Index
+) -> _GroupParts:
+    """The customer-level inputs of :class:`PopulationStats` from every line of a group of
+    customers (in line order): their RFM measures, their repeat purchases with the log of
+    their own gaps, the customers and the new products. Empty when the group has no purchase
+    before ``cutoff``."""
+    if not _past_mask(lines, cutoff).any():
+        none = pd.Index([], dtype="str")
+        return _GroupParts(_segment_frame(none, None), _gap_frame([], [], []), none, none)
+    pur = _purchases(lines, cutoff, None, known_products=known)
+    snap = _snapshot(pur, pur.cutoff_day)
+    pc, pp, log_gap = _repeat_log_gaps(snap)
+    idx, measures = _segment_measures(snap)
+    return _GroupParts(
+        _segment_frame(pur.customers[idx], measures),
+        _gap_frame(pur.customers[pc], pur.products[pp], log_gap),
+        pur.customers,
+        pur.products[len(known) :],
+    )
+
+
+def _segment_frame(ids: pd.Index, measures: pd.DataFrame | None) -> pd.DataFrame:
+    out = pd.DataFrame({"customer_id": pd.Series(ids.to_numpy(dtype=object), dtype="str")})
+    if measures is None:
+        ints = ("n_orders", "days_since_first", "days_since_last")
+        for c in ("n_orders", "total_spend", "avg_order_value", *ints[1:], "orders_per_month"):
+            out[c] = pd.Series([], dtype=np.int64 if c in ints else np.float64)
+        return out
+    for c in measures.columns:
+        out[c] = measures[c].to_numpy()
+    return out
+
+
+def _gap_frame(customers: Any, products: Any, log_gap: Any) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "customer_id": pd.Series(np.asarray(customers, dtype=object), dtype="str"),
+            "product_id": pd.Series(np.asarray(products, dtype=object), dtype="str"),
+            "log_gap": np.asarray(log_gap, dtype=np.float64),
+        }
+    )
+
+
+def _product_gap_sums(pairs: pd.DataFrame) -> pd.DataFrame:
+    """``gaps`` of :meth:`PopulationStats.from_parts` from the repeat purchases of whole
+    products (``customer_id``, ``product_id``, ``log_gap``; any row order)."""
+    pid = pairs["product_id"].astype("str").to_numpy(dtype=object)
+    cid = pairs["customer_id"].astype("str").to_numpy(dtype=object)
+    order = np.lexsort((cid, pid)) if len(pairs) else np.zeros(0, np.int64)
+    pid, vals = pid[order], pairs["log_gap"].to_numpy(dtype=np.float64)[order]
+    starts, counts = _segment_starts(pid)
+    return pd.DataFrame(
+        {
+            "product_id": pd.Series(pid[starts], dtype="str"),
+            "repeat_buyers": counts.astype(np.int64),
+            "log_gap_sum": [_sequential_sum(vals[a : a + n]) for a, n in zip(starts, counts)],
+        }
+    )
+
+
+def _population_segments(measures: pd.DataFrame, quantile: float) -> tuple[pd.Series, float | None]:
+    """Segments (indexed by customer id) and spend cut from every population customer's
+    measures (``customer_id`` and the :func:`_segment_measures` columns, any row order)."""
+    ids = measures["customer_id"].astype("str").to_numpy(dtype=object)
+    order = np.argsort(ids, kind="stable")
+    m = measures.iloc[order].drop(columns="customer_id").reset_index(drop=True)
+    if not len(m):
+        index = pd.Index([], dtype="str", name="customer_id")
+        return pd.Series([], index=index, name="segment", dtype="str"), None
+    seg, cut = _segments_and_cut(m, quantile)
+    index = pd.Index(ids[order], dtype="str", name="customer_id")
+    return pd.Series(seg, index=index, name="segment", dtype="str"), cut
+
+
 # --------------------------------------------------------------------------------------------
 # the estimator
 
@@ -1198,6 +1528,7 @@ class Recommender:
         pop: tuple[np.ndarray, int],
         *,
         customers: np.ndarray | None = None,
+        gaps: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> list[_Candidates]:
         kinds = set(self.kinds)
         top_n = int(self.top_n)
@@ -1210,7 +1541,7 @@ class Recommender:
         resell = None
         n_res = np.zeros(snap.n_c, dtype=np.int64)
         if kinds & {"resell", "reactivation"}:
-            resell = self._resell(snap, pop, customers)
+            resell = self._resell(snap, pop, customers, gaps)
             n_res = np.bincount(resell.cust, minlength=snap.n_c)
         # unseen candidates needed per customer: the reserved slots, or more when the
         # customer has few products to re-sell (1 spare for cross/up-sell duplicates)
@@ -1316,23 +1647,23 @@ class Recommender:
         return np.where(hit, C.data[pos] if len(keys) else 0.0, 0.0) / n_prod
 
     def _resell(
-        self, snap: _Snapshot, pop: tuple[np.ndarray, int], customers: np.ndarray | None
+        self,
+        snap: _Snapshot,
+        pop: tuple[np.ndarray, int],
+        customers: np.ndarray | None,
+        gaps: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> _Candidates:
         pc, pp, k = snap.pc, snap.pp, snap.k
         first, last = snap.first, snap.last
         kf = k.astype(np.float64)
         rep = k >= 2
-        own_gap = np.maximum((last - first) / np.maximum(kf - 1.0, 1.0), 1.0)
+        own_gap = _own_gap(first, last, kf)
         # the product's typical gap: geometric mean of its repeat buyers' own gaps (over every
-        # customer of the snapshot, also when lists are wanted for some customers only)
-        n_rep = np.bincount(pp[rep], minlength=snap.n_p)
-        if rep.any():
-            log_gap = np.log(own_gap[rep])
-            with np.errstate(invalid="ignore", divide="ignore"):
-                pg = np.exp(np.bincount(pp[rep], weights=log_gap, minlength=snap.n_p) / n_rep)
-            pg = np.where(n_rep > 0, pg, float(np.exp(log_gap.mean())))
-        else:
-            pg = np.full(snap.n_p, float(self.horizon_days))
+        # customer of the snapshot, also when lists are wanted for some customers only; over
+        # the population's customers with ``gaps`` from PopulationStats)
+        if gaps is None:
+            gaps = _gap_sums(pp[rep], np.log(own_gap[rep]), snap.n_p)
+        pg = _typical_gaps(*gaps, float(self.horizon_days))
         if customers is not None:
             sel = np.isin(pc, customers)
             pc, pp, k, first, last = pc[sel], pp[sel], k[sel], first[sel], last[sel]
@@ -1456,7 +1787,8 @@ class Recommender:
     def _recommend_codes(self, codes: np.ndarray | None) -> pd.DataFrame:
         """:meth:`recommend` for the customer codes ``codes`` (sorted; ``None``: all)."""
         snap, pur = self._snap, self._pur
-        parts = [q for q in self._candidates(snap, self._pop, customers=codes) if len(q)]
+        gaps = getattr(self, "_gaps", None)
+        parts = [q for q in self._candidates(snap, self._pop, customers=codes, gaps=gaps) if len(q)]
         if not parts:
             return empty_recommendations()
         p_alive, clv_w = self._scores
@@ -1506,6 +1838,8 @@ class Recommender:
         as_of: Any,
         customer_scores: pd.DataFrame | None = None,
         customers: Iterable[str] | None = None,
+        *,
+        population: PopulationStats | None = None,
     ) -> pd.DataFrame:
         """The ranked lists for the customers of ``lines`` at ``as_of``, with the learned
         product-level state (a fitted or :meth:`load_state` recommender; nothing is refitted).
@@ -1521,6 +1855,12 @@ class Recommender:
           recency, the re-sell features, the products' typical repurchase gaps among the
           customers' repeat purchases, the RFM segments and the spend quantile of
           reactivation, all relative to the customers in ``lines``).
+
+        The quantities relative to all customers of ``lines`` (the *population*) are listed
+        in :class:`PopulationStats`; with ``population`` (from :meth:`population_stats` of
+        a larger set of lines) they are taken from there instead, so that the lists of some
+        customers' lines equal their rows in the lists of the whole population (this is how
+        :func:`crmkit.spark.recommend.recommendations` builds lists group by group).
 
         Products absent at training get no rule and no up-sell and are never cross- or
         up-sold (popularity 0); a customer who bought one can be offered it again as a
@@ -1544,6 +1884,10 @@ class Recommender:
         customers
             Customer ids to recommend for (default: every customer with a purchase before the
             cutoff; unknown ids get no rows).
+        population
+            Population-level statistics (:meth:`population_stats`) of a set of lines holding
+            every line of the customers of ``lines``, at the same ``as_of`` and with the same
+            ``customer_scores``.
 
         Returns
         -------
@@ -1553,31 +1897,57 @@ class Recommender:
         Raises
         ------
         ConfigError
-            The recommender is neither fitted nor loaded.
+            The recommender is neither fitted nor loaded, or ``population`` does not fit.
         DataContractError
-            Missing columns, or no purchase before ``as_of``.
+            Missing columns, no purchase before ``as_of``, or a customer or product of
+            ``lines`` that ``population`` does not cover.
         """
-        return self._work_for(lines, as_of, customer_scores).recommend(customers)
+        return self._work_for(lines, as_of, customer_scores, population).recommend(customers)
 
-    def _work_for(
-        self, lines: pd.DataFrame, as_of: Any, customer_scores: pd.DataFrame | None
-    ) -> Recommender:
-        """A copy holding the customer-level state of ``lines`` at ``as_of`` (see
-        :meth:`recommend_for`)."""
+    def _require_state(self) -> None:
         if not hasattr(self, "_cat"):
             raise ConfigError(
                 "this Recommender is not fitted: call fit(lines, as_of) or "
                 "Recommender.load_state(path) before recommend_for()"
             )
         self._check()
+
+    def _work_for(
+        self,
+        lines: pd.DataFrame,
+        as_of: Any,
+        customer_scores: pd.DataFrame | None,
+        population: PopulationStats | None = None,
+    ) -> Recommender:
+        """A copy holding the customer-level state of ``lines`` at ``as_of`` (see
+        :meth:`recommend_for`)."""
+        self._require_state()
         lines = _lines_frame(lines)
         cutoff = _cutoff(as_of)
-        known = self._products
+        n_old = len(self._products)
+        known = self._products if population is None else population.products(self, cutoff)
         pur = _purchases(lines, cutoff, None, known_products=known)
-        n_old, n_p = len(known), pur.n_products
+        n_p = pur.n_products
         cat = self._cat
-        if n_p > n_old:
-            cat = _extend_catalogue(cat, _catalogue(lines, pur, None, "auto"), n_old)
+        if population is not None:
+            if n_p > len(known):
+                extra = pur.products[len(known) :]
+                raise DataContractError(
+                    f"the population statistics do not cover {len(extra)} product(s) of the "
+                    f"lines, e.g. {extra[0]!r}: they are not the population of these lines",
+                    column="product_id",
+                    rule="population_stats",
+                )
+            if n_p > n_old:
+                cat = _extend_catalogue(cat, population.new_products, population.value_basis)
+            if customer_scores is not None and population.clv_mean is None:
+                if "clv" in _scores_frame(customer_scores).columns:
+                    raise ConfigError(
+                        "customer_scores has clv, but the population statistics were computed "
+                        "without it: pass the same customer_scores to population_stats()"
+                    )
+        elif n_p > n_old:
+            cat = _extend_catalogue(cat, *_new_product_table(lines, pur, n_old))
         pur = dataclasses.replace(pur, line_take=None, line_prod=None)
         counts, n_orders = self._pop
         work = copy.copy(self)  # the customer-level state lives on the copy only
@@ -1586,11 +1956,18 @@ class Recommender:
         work._rules = _pad_rules(self._rules, n_p)
         work._upsell = _pad_upsell(self._upsell, n_p)
         work._pop = (np.concatenate([counts, np.zeros(n_p - n_old, counts.dtype)]), n_orders)
-        work._scores = _customer_factors(customer_scores, pur.customers)
+        work._population = population
+        work._gaps = None
+        clv_mean = None
+        if population is not None:
+            work._gaps = (population.repeat_buyers, population.log_gap_sum)
+            clv_mean = population.clv_mean
+        work._scores = _customer_factors(customer_scores, pur.customers, clv_mean)
         work.customers_ = pur.customers
         work._names_cache = None
         work._cross_m = None
         work._segments = None
+        work._react_cache = None
         return work
 
     def iter_recommend_for(
@@ -1598,12 +1975,84 @@ class Recommender:
         lines: pd.DataFrame,
         as_of: Any,
         customer_scores: pd.DataFrame | None = None,
+        *,
+        population: PopulationStats | None = None,
     ) -> Iterator[pd.DataFrame]:
         """:meth:`recommend_for` of every customer, as consecutive pieces of
         :data:`CHUNK_CUSTOMERS` customers (concatenated: exactly :meth:`recommend_for`'s
         frame) - for writers that stream the lists out instead of holding them all."""
-        work = self._work_for(lines, as_of, customer_scores)
+        work = self._work_for(lines, as_of, customer_scores, population)
         return work._chunks(None)
+
+    def population_stats(
+        self,
+        lines: pd.DataFrame,
+        as_of: Any,
+        customer_scores: pd.DataFrame | None = None,
+    ) -> PopulationStats:
+        """The population-level quantities :meth:`recommend_for` measures over all customers
+        of ``lines`` at ``as_of`` (see :class:`PopulationStats`): pass them as
+        ``recommend_for(part, as_of, customer_scores, population=...)`` for a part of the
+        customers' lines.
+
+        Raises
+        ------
+        ConfigError
+            The recommender is neither fitted nor loaded.
+        DataContractError
+            Missing columns, or no purchase before ``as_of``.
+        """
+        self._require_state()
+        lines = _lines_frame(lines)
+        cutoff = _cutoff(as_of)
+        known = self._products
+        pur = _purchases(lines, cutoff, None, known_products=known)
+        new_products, basis = _new_product_table(lines, pur, len(known))
+        pur = dataclasses.replace(pur, line_take=None, line_prod=None)
+        snap = _snapshot(pur, pur.cutoff_day)
+        _, pp, log_gap = _repeat_log_gaps(snap)
+        n_rep, log_sum = _gap_sums(pp, log_gap, pur.n_products)
+        segments = spend_cut = None
+        if "reactivation" in set(self.kinds):
+            idx, measures = _segment_measures(snap)
+            seg, spend_cut = np.zeros(0, dtype=object), None
+            if len(idx):
+                seg, spend_cut = _segments_and_cut(measures, self.reactivation_min_value_quantile)
+            segments = pd.Series(seg, index=pur.customers[idx], name="segment", dtype="str")
+        return PopulationStats(
+            cutoff=cutoff,
+            n_known=len(known),
+            new_products=new_products,
+            value_basis=basis,
+            repeat_buyers=n_rep,
+            log_gap_sum=log_sum,
+            segments=segments,
+            spend_cut=spend_cut,
+            clv_mean=_clv_mean(customer_scores, pur.customers),
+        )
+
+    def _learned_only(self) -> Recommender:
+        """A shallow copy with the learned, product-level state only (no training customers'
+        purchases, snapshot or scores, and an empty ``rules_`` report: the rules themselves
+        are in the rule matrices): what :meth:`recommend_for` needs, e.g. to ship it to Spark
+        executors."""
+        self._require_state()
+        work = copy.copy(self)
+        for name in (
+            "_pur",
+            "_snap",
+            "_scores",
+            "_react_cache",
+            "_cross_m",
+            "_names_cache",
+            "_segments",
+            "_population",
+            "_gaps",
+        ):
+            work.__dict__.pop(name, None)
+        work.customers_ = pd.Index([], dtype="str", name="customer_id")
+        work.rules_ = pd.DataFrame(columns=list(RULE_COLUMNS))
+        return work
 
     # -- persistence ---------------------------------------------------------------------------
     def save_state(self, path: str | os.PathLike) -> None:
@@ -1844,36 +2293,24 @@ class Recommender:
 
     def _reactivation_eligible(self, snap: _Snapshot) -> np.ndarray | None:
         """Customers eligible for reactivation (segment and spend quantile over every customer
-        of the snapshot; computed once per snapshot, as :meth:`recommend` may run in chunks).
-        Sets ``_segments``."""
+        of the snapshot, or of the population of :class:`PopulationStats`; computed once per
+        snapshot, as :meth:`recommend` may run in chunks). Sets ``_segments``."""
         cached = getattr(self, "_react_cache", None)
         if cached is not None and cached[0] is snap:
             self._segments = cached[2]
             return cached[1]
-        from crmkit.features.segments import assign_segments, score_rfm
-
-        has = snap.c_orders > 0
-        idx = np.flatnonzero(has)
+        idx, measures = _segment_measures(snap)
         if not len(idx):
             self._react_cache = (snap, None, None)
             return None
-        n = snap.c_orders[idx].astype(np.float64)
-        since_first = (snap.as_of_day - snap.c_first[idx]).astype(np.int64)
-        measures = pd.DataFrame(
-            {
-                "n_orders": snap.c_orders[idx],
-                "total_spend": snap.c_spend[idx],
-                "avg_order_value": snap.c_spend[idx] / n,
-                "days_since_first": since_first,
-                "days_since_last": (snap.as_of_day - snap.c_last[idx]).astype(np.int64),
-                "orders_per_month": n / np.maximum(since_first / (365.25 / 12.0), 1.0),
-            }
-        )
-        seg = assign_segments(score_rfm(measures)).to_numpy(dtype=object)
+        population = getattr(self, "_population", None)
+        if population is not None:
+            seg, spend_cut = population.segments_of(self._pur.customers[idx])
+        else:
+            seg, spend_cut = _segments_and_cut(measures, self.reactivation_min_value_quantile)
         segment = np.full(snap.n_c, None, dtype=object)
         segment[idx] = seg
         self._segments = segment
-        spend_cut = np.quantile(snap.c_spend[idx], float(self.reactivation_min_value_quantile))
         eligible = np.zeros(snap.n_c, dtype=bool)
         eligible[idx] = np.isin(seg, list(self.reactivation_segments)) & (
             snap.c_spend[idx] >= spend_cut
@@ -2307,22 +2744,17 @@ def _select(
     return out, out_rank
 
 
-def _customer_factors(
-    scores: pd.DataFrame | None, customers: pd.Index
-) -> tuple[np.ndarray, np.ndarray]:
-    n = len(customers)
-    p_alive = np.ones(n)
-    clv_w = np.ones(n)
-    if scores is None:
-        return p_alive, clv_w
+def _scores_frame(scores: pd.DataFrame) -> pd.DataFrame:
+    """``customer_scores`` indexed by customer id (strings), checked."""
     if not isinstance(scores, pd.DataFrame):
         raise DataContractError(
             f"customer_scores must be a DataFrame, got {type(scores).__name__}",
             rule="input_type",
         )
-    s = scores
-    if "customer_id" in s.columns:
-        s = s.set_index("customer_id")
+    if "customer_id" in scores.columns:
+        s = scores.set_index("customer_id")
+    else:
+        s = scores.copy(deep=False)
     s.index = pd.Index(s.index.astype("str"))
     if "p_alive" not in s.columns and "clv" not in s.columns:
         raise DataContractError(
@@ -2330,6 +2762,52 @@ def _customer_factors(
             column="p_alive",
             rule="required_column",
         )
+    return s
+
+
+def _clv_values(s: pd.DataFrame, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The usable ``clv`` values of the scores' rows of the audience (finite, >= 0), and
+    which rows they are."""
+    v = s["clv"].to_numpy(dtype=np.float64)
+    fin = (pos >= 0) & np.isfinite(v) & (v >= 0)
+    return v, fin
+
+
+def _exact_mean(values: np.ndarray) -> float:
+    """The mean with the correctly rounded sum (:func:`math.fsum`): independent of the order
+    of the values, and reproducible from partial sums of parts (:func:`_exact_partials`)."""
+    return math.fsum(values) / len(values) if len(values) else 0.0
+
+
+def _clv_mean(scores: pd.DataFrame | None, customers: pd.Index) -> float | None:
+    """The mean ``clv`` over the scores' rows of ``customers`` (None: no ``clv``)."""
+    usable = _usable_clv(scores, customers)
+    return None if usable is None else _exact_mean(usable)
+
+
+def _usable_clv(scores: pd.DataFrame | None, customers: pd.Index) -> np.ndarray | None:
+    """The ``clv`` values of the scores' rows of ``customers`` that enter the mean (None: no
+    ``clv``)."""
+    if scores is None:
+        return None
+    s = _scores_frame(scores)
+    if "clv" not in s.columns:
+        return None
+    v, fin = _clv_values(s, customers.get_indexer(s.index))
+    return v[fin]
+
+
+def _customer_factors(
+    scores: pd.DataFrame | None, customers: pd.Index, clv_mean: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """P(alive) and CLV weight (``clv / mean clv`` over the scored customers of the audience, or
+    over the population's with ``clv_mean``) per customer code; 1 where unknown."""
+    n = len(customers)
+    p_alive = np.ones(n)
+    clv_w = np.ones(n)
+    if scores is None:
+        return p_alive, clv_w
+    s = _scores_frame(scores)
     pos = customers.get_indexer(s.index)
     ok = pos >= 0
     if "p_alive" in s.columns:
@@ -2341,9 +2819,8 @@ def _customer_factors(
         fin = ok & np.isfinite(v)
         p_alive[pos[fin]] = v[fin]
     if "clv" in s.columns:
-        v = s["clv"].to_numpy(dtype=np.float64)
-        fin = ok & np.isfinite(v) & (v >= 0)
-        mean = float(v[fin].mean()) if fin.any() else 0.0
+        v, fin = _clv_values(s, pos)
+        mean = _exact_mean(v[fin]) if clv_mean is None else float(clv_mean)
         if mean > 0:
             clv_w[pos[fin]] = v[fin] / mean
     return p_alive, clv_w
@@ -2396,32 +2873,82 @@ def _products_frame(products: pd.Index, cat: _Catalogue, orders: np.ndarray) -> 
     )
 
 
-def _extend_catalogue(old: _Catalogue, new: _Catalogue, n_old: int) -> _Catalogue:
-    """``old`` (the learned catalogue of the first ``n_old`` product codes) followed by the
-    products after them as measured in ``new`` (a catalogue of the new lines)."""
+#: Columns of :attr:`PopulationStats.new_products`.
+NEW_PRODUCT_COLUMNS: tuple[str, ...] = (
+    "product_id",
+    "price",
+    "value",
+    "quantity",
+    "category",
+    "name",
+)
+
+
+def _new_product_table(
+    lines: pd.DataFrame, pur: _Purchases, n_old: int
+) -> tuple[pd.DataFrame, str]:
+    """The products after the first ``n_old`` codes of ``pur`` as measured in ``lines`` (as
+    :func:`_catalogue` measures them: realised mean unit price, value, mean units per order,
+    the category and name of the product's first past line), and the value basis. Every
+    number is a product's own: the same over any set of lines holding all of its lines."""
     sl = slice(n_old, None)
-    price = new.price[sl]
-    if new.value_basis == old.value_basis:
-        value = new.value[sl]
+    products = pur.products[sl]
+    if not len(products):
+        return _empty_new_products(), "price"
+    new = _catalogue(lines, pur, None, "auto")
+    labels = np.full(len(products), None, dtype=object)
+    if new.category is not None:
+        codes = new.category[sl]
+        known = codes >= 0
+        labels[known] = new.categories.to_numpy(dtype=object)[codes[known]]
+    table = pd.DataFrame(
+        {
+            "product_id": pd.Series(products.to_numpy(dtype=object), dtype="str"),
+            "price": new.price[sl].astype(np.float64),
+            "value": new.value[sl].astype(np.float64),
+            "quantity": new.quantity[sl].astype(np.float64),
+            "category": pd.Series(labels, dtype=object),
+            "name": pd.Series(new.names[sl], dtype=object),
+        }
+    )
+    return table, new.value_basis
+
+
+def _empty_new_products() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "product_id": pd.Series([], dtype="str"),
+            **{c: pd.Series([], dtype=np.float64) for c in ("price", "value", "quantity")},
+            "category": pd.Series([], dtype=object),
+            "name": pd.Series([], dtype=object),
+        }
+    )
+
+
+def _extend_catalogue(old: _Catalogue, table: pd.DataFrame, basis: str) -> _Catalogue:
+    """``old`` (the learned catalogue) followed by the products of ``table`` (a
+    :func:`_new_product_table` of value basis ``basis``), in its row order."""
+    price = table["price"].to_numpy(dtype=np.float64)
+    if basis == old.value_basis:
+        value = table["value"].to_numpy(dtype=np.float64)
     else:
         value = np.where(np.isfinite(price) & (price > 0), price, 0.0)
     category = None
     if old.category is not None:
+        labels = table["category"].to_numpy(dtype=object)
+        known = pd.notna(labels)
         add = np.full(len(price), -1, dtype=np.int32)
-        if new.category is not None:
-            codes = new.category[sl]
-            labels = pd.Index(
-                new.categories.to_numpy(dtype=object)[np.maximum(codes, 0)], dtype="str"
-            )
-            add = np.where(codes >= 0, old.categories.get_indexer(labels), -1).astype(np.int32)
+        if known.any():
+            at = old.categories.get_indexer(pd.Index(labels[known].astype(str), dtype="str"))
+            add[known] = at.astype(np.int32)
         category = np.concatenate([old.category, add])
     return _Catalogue(
         price=np.concatenate([old.price, price]),
         value=np.concatenate([old.value, value]),
-        quantity=np.concatenate([old.quantity, new.quantity[sl]]),
+        quantity=np.concatenate([old.quantity, table["quantity"].to_numpy(dtype=np.float64)]),
         category=category,
         categories=old.categories,
-        names=np.concatenate([old.names, new.names[sl]]),
+        names=np.concatenate([old.names, table["name"].to_numpy(dtype=object)]),
         value_basis=old.value_basis,
     )
 
