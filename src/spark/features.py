@@ -20,15 +20,19 @@ means, ``monetary_value``) are plain Spark sums and agree to rounding (relative 
 Online Retail). The line order is taken from the Parquet files (``_metadata.file_path``, then
 ``_metadata.row_index``), so a directory of files is read as their concatenation in path order.
 
-Quantile scores rank all customers in one window without a partition (Spark moves the
-customer table, one row per customer, to one task for it); see ``docs/spark.md``.
+Quantile scores are ranked without a single task (:func:`_quintile_scores`): the customer
+table is persisted once, and for each score its customers are range-partitioned and sorted on
+the total order (the measure, then ``customer_id``); a customer's rank is its partition's
+offset (from the rows per partition, a few numbers on the driver) plus its position within
+the partition. Same scores as one window over all customers; see ``docs/spark.md``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import pandas as pd
 from pyspark import StorageLevel
@@ -166,7 +170,8 @@ def _validate(lines: DataFrame, as_of: object) -> None:
         "amount": past & ~_finite("a"),
         "purchases": past & (F.col("q") > 0),
     }
-    row = lines.agg(*[F.sum(c.cast("long")).alias(k) for k, c in counts.items()]).first()
+    with _jobs(lines, "crmkit: validation counts"):
+        row = lines.agg(*[F.sum(c.cast("long")).alias(k) for k, c in counts.items()]).first()
     got = {k: int(row[k] or 0) for k in counts}
     for col in ("customer_id", "order_id", "order_ts"):
         if got[col]:
@@ -235,6 +240,19 @@ def _in_age(age: Column, lo: int, hi: int) -> Column:
     return (age > F.lit(lo)) & (age <= F.lit(hi))
 
 
+@contextlib.contextmanager
+def _jobs(df: DataFrame, description: str) -> Iterator[None]:
+    """Name the Spark jobs started in the block (``spark.job.description``: the Spark UI and
+    status store show it for their stages); the previous description is restored."""
+    sc = df.sparkSession.sparkContext
+    previous = sc.getLocalProperty("spark.job.description")
+    sc.setLocalProperty("spark.job.description", description)
+    try:
+        yield
+    finally:
+        sc.setLocalProperty("spark.job.description", previous)  # type: ignore[arg-type]
+
+
 #: :func:`pyspark.sql.functions.monotonically_increasing_id` keeps the row number within a
 #: partition in the lower 33 bits and the partition index above them.
 _ROW_BITS = 33
@@ -261,7 +279,8 @@ def _quintile_scores(df: DataFrame, scores: Mapping[str, Sequence[Column]]) -> D
     spark = df.sparkSession
     parts = max(1, int(spark.conf.get("spark.sql.shuffle.partitions") or 1))
     base = df.persist(StorageLevel.MEMORY_AND_DISK)
-    n = base.count()  # computes and caches df
+    with _jobs(df, "crmkit: table before the quantile scores (persisted)"):
+        n = base.count()  # computes and caches df
     part = F.shiftright(F.col("_pos"), _ROW_BITS)
     ranked: dict[str, DataFrame] = {}
     for name, worst_first in scores.items():
@@ -283,7 +302,9 @@ def _quintile_scores(df: DataFrame, scores: Mapping[str, Sequence[Column]]) -> D
     ]
     rows: dict[str, dict[int, int]] = {name: {} for name in scores}
     null_ids = 0
-    for row in functools.reduce(DataFrame.unionByName, counts).collect():  # one job
+    with _jobs(df, "crmkit: quantile ranks (range partitions, rows per partition)"):
+        got = functools.reduce(DataFrame.unionByName, counts).collect()
+    for row in got:
         rows[row["_score"]][int(row["_part"])] = int(row["_rows"])
         null_ids += int(row["_null_ids"])
     if null_ids:
@@ -456,9 +477,13 @@ def customer_table(
     Returns
     -------
     pyspark.sql.DataFrame
-        Lazy; one validating pass over the lines runs now (missing ids or stamps, non-finite
+        One validating pass over the lines runs now (missing ids or stamps, non-finite
         quantities or amounts, no purchase before ``as_of`` raise
-        :class:`~crmkit.errors.DataContractError` as in the local engine).
+        :class:`~crmkit.errors.DataContractError` as in the local engine). With quantile
+        scores the table before the scores is also computed now and persisted
+        (``MEMORY_AND_DISK``), with the three small rank tables (:func:`_quintile_scores`);
+        the rest (scores, segment, the columns) is lazy and reads them. With fixed scores the
+        table is all lazy.
     """
     cfg = _settings(config)
     _check_schema(lines)
@@ -594,28 +619,6 @@ def customer_table(
         tenure.alias("tenure_days"),
         gap_mean.alias("gap_mean_days"),
     )
-    if cfg.scoring == "quantile":
-        if cfg.thresholds:
-            raise ConfigError("thresholds only apply to scoring 'fixed'")
-        worst_first = {
-            "r_score": [F.col("days_since_last").desc()],
-            "f_score": [F.col("orders_per_month").asc()],
-            "m_score": [F.col(monetary).asc()],
-        }
-        t = _quintile_scores(t, worst_first)
-    else:
-        r, f, m = _fixed_scores(cfg, monetary)
-        t = t.withColumn("r_score", r).withColumn("f_score", f).withColumn("m_score", m)
-    score = [F.col(c).cast("long") for c in ("r_score", "f_score", "m_score")]
-    t = (
-        t.withColumn("r_score", score[0])
-        .withColumn("f_score", score[1])
-        .withColumn("m_score", score[2])
-        .withColumn("rfm_score", score[0] + score[1] + score[2])
-        .withColumn("rfm_cell", (score[0] * 100 + score[1] * 10 + score[2]).cast("string"))
-    )
-    t = t.withColumn("segment", _segment(DEFAULT_SEGMENT_RULES))
-
     dev = "(cast(g AS DOUBLE) - gap_mean_days)"
     gap_ss = F.expr(f"aggregate(gaps, 0D, (acc, g) -> acc + {dev} * {dev})")
     share_orders_q4 = F.col("q4_orders").cast("double") / n_orders.cast("double")
@@ -631,8 +634,6 @@ def customer_table(
         F.col("days_since_last").cast("long").alias("days_since_last"),
         F.col("orders_per_month").cast("double").alias("orders_per_month"),
     ]
-    cols += [F.col(c) for c in ("r_score", "f_score", "m_score", "rfm_score", "rfm_cell")]
-    cols += [F.col("segment")]
     cols += [
         F.col("recency_days").cast("long").alias("recency_days"),
         F.col("tenure_days").cast("long").alias("tenure_days"),
@@ -679,7 +680,34 @@ def customer_table(
         ]
     kinds = {c: lines.schema[c].dataType.simpleString() for c in cats}
     cols += [_usual_value(f"v_{c}", kinds[c]).cast("string").alias(c) for c in cats]
-    return t.select(*cols)
+    # every column but the scores and the segment; ranked (quantile scores) on the measures
+    # as they are output, so the persisted table holds the output columns only
+    t = t.select(*cols)
+    scored = ["r_score", "f_score", "m_score", "rfm_score", "rfm_cell", "segment"]
+    at = t.columns.index("orders_per_month") + 1
+    order = [*t.columns[:at], *scored, *t.columns[at:]]
+    if cfg.scoring == "quantile":
+        if cfg.thresholds:
+            raise ConfigError("thresholds only apply to scoring 'fixed'")
+        worst_first = {
+            "r_score": [F.col("days_since_last").desc()],
+            "f_score": [F.col("orders_per_month").asc()],
+            "m_score": [F.col(monetary).asc()],
+        }
+        t = _quintile_scores(t, worst_first)
+    else:
+        r, f, m = _fixed_scores(cfg, monetary)
+        t = t.withColumn("r_score", r).withColumn("f_score", f).withColumn("m_score", m)
+    score = [F.col(c).cast("long") for c in ("r_score", "f_score", "m_score")]
+    t = (
+        t.withColumn("r_score", score[0])
+        .withColumn("f_score", score[1])
+        .withColumn("m_score", score[2])
+        .withColumn("rfm_score", score[0] + score[1] + score[2])
+        .withColumn("rfm_cell", (score[0] * 100 + score[1] * 10 + score[2]).cast("string"))
+    )
+    t = t.withColumn("segment", _segment(DEFAULT_SEGMENT_RULES))
+    return t.select(*order)
 
 
 # --------------------------------------------------------------------------------------------
