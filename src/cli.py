@@ -532,6 +532,14 @@ def train(
     map_: MapOpt = None,
     names: NamesOpt = None,
     tracking_uri: TrackingOpt = None,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="local, or spark: DATA is then cleaned lines (a Parquet file or directory, "
+            "e.g. validate's lines.parquet); CLV is fitted on every customer, churn, basket "
+            "and gate on a stratified sample (spark: in the config, docs/spark.md)."
+        ),
+    ] = "local",
 ) -> None:
     """Train everything and register the customer-scorer model.
 
@@ -539,8 +547,14 @@ def train(
     bundled pyfunc model is registered (registry.model_name) and gets the champion alias
     only if its gate metrics are no worse than the current champion's.
     """
+    if engine not in ("local", "spark"):
+        raise typer.BadParameter(f"must be local or spark, got {engine!r}", param_hint="--engine")
     from crmkit.pipelines.config import load_config
-    from crmkit.pipelines.train import run_train
+
+    if engine == "spark":
+        from crmkit.spark.train import run_train
+    else:
+        from crmkit.pipelines.train import run_train
 
     cfg = load_config(config, overrides={"data": _data_overrides(map_, names)})
     t0 = time.perf_counter()

@@ -3,7 +3,8 @@
 Two kinds of file:
 
 - ``pipelines/train.yaml`` (:func:`load_config` -> :class:`PipelineConfig`): one section per
-  stage (``data, cleaning, features, clv, basket, recommend, churn, actions, registry``), read
+  stage (``data, cleaning, features, clv, basket, recommend, churn, actions, registry``; and
+  ``spark`` for ``crmkit train --engine spark``), read
   by ``crmkit train`` and by the single-stage commands (``validate``, ``features``, ``clv``,
   ``basket``, ``recommend``, ``churn``);
 - ``pipelines/score.yaml`` (:func:`load_score_config` -> :class:`ScoreFileConfig`): ``data:``
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from crmkit.data.clean import CleaningConfig
 from crmkit.errors import ConfigError
@@ -34,6 +35,7 @@ __all__ = [
     "DataConfig",
     "RegistryConfig",
     "ScoreConfig",
+    "SparkConfig",
     "PipelineConfig",
     "ScoreFileConfig",
     "load_config",
@@ -112,6 +114,45 @@ class ScoreConfig(BaseModel):
     experiment: str = Field("crmkit", min_length=1)
 
 
+class SparkConfig(BaseModel):
+    """Training on Spark, ``crmkit train --engine spark`` (``spark:``; see
+    :mod:`crmkit.spark.train` and ``docs/spark.md``).
+
+    The CLV models are fitted on every customer (unique RFM patterns with weights, aggregated
+    in Spark); the churn model, the recommender and the champion gate run on the driver on
+    the order lines of a stratified sample of customers.
+
+    Attributes
+    ----------
+    sample_customers
+        Most customers in the sample (all of them when there are no more).
+    sample_seed
+        Seed of the sample: a customer's sampling key is a hash of the seed and its id, so
+        the same data and seed give the same sample on any cluster.
+    order_bands
+        Strata: lower bounds of the bands of purchase-order counts at the training date
+        (``[1, 2, 3, 5, 10]``: 1, 2, 3-4, 5-9, 10+ orders); each band gets its proportional
+        share of the sample (largest remainders).
+    fpgrowth_check
+        Also mine the association rules over every basket with Spark's FP-growth and log how
+        the sample's rules compare (the recommender uses the sample's rules either way).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sample_customers: int = Field(200_000, ge=100)
+    sample_seed: int = 0
+    order_bands: list[int] = [1, 2, 3, 5, 10]
+    fpgrowth_check: bool = True
+
+    @field_validator("order_bands")
+    @classmethod
+    def _bands(cls, v: list[int]) -> list[int]:
+        if not v or v[0] != 1 or any(b >= c for b, c in zip(v, v[1:], strict=False)):
+            raise ValueError("order_bands must be increasing order counts starting at 1")
+        return v
+
+
 class PipelineConfig(BaseModel):
     """A whole pipeline config file."""
 
@@ -127,6 +168,7 @@ class PipelineConfig(BaseModel):
     actions: NextBestActionConfig = NextBestActionConfig()
     registry: RegistryConfig = RegistryConfig()
     score: ScoreConfig = ScoreConfig()
+    spark: SparkConfig = SparkConfig()
 
 
 class ScoreFileConfig(BaseModel):

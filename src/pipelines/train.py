@@ -273,13 +273,7 @@ def run_train(
             stage_runs["features"] = run.info.run_id
             feats = compute_features(lines, when, config.features, cancellation_prefixes=prefixes)
             log_json(json.loads(json.dumps(feats.kpis, default=str)), "features/kpis.json")
-            seg = feats.segments.copy()
-            seg.index = seg.index.astype(str)
-            mlflow.log_text(seg.to_csv(), "features/segments.csv")
-            mlflow.log_metrics(
-                {f"segment.{k}": int(v) for k, v in feats.segments["customers"].items()}
-                | {"customers": len(feats.customers)}
-            )
+            log_segments(feats.segments, len(feats.customers))
             log_figure(plot_cohort_heatmap(feats.cohorts).figure, "cohort_heatmap.png")
             log_figure(plot_segment_sizes(feats.segments).figure, "segment_sizes.png")
 
@@ -301,76 +295,20 @@ def run_train(
         }
 
         # 4. churn
-        churn_scorer = None
-        from crmkit.pipelines.churn import ChurnScorer, compute_churn, log_churn_run
-
         with stage_run("churn", nested=True, tags={"crmkit.stage": "churn"}) as run:
             stage_runs["churn"] = run.info.run_id
-            churn = compute_churn(
-                lines, when, config.churn, progress=say, cancellation_prefixes=prefixes
-            )
-            log_churn_run(churn)  # booster with the lightgbm flavour and a signature
-            churn_scorer = ChurnScorer.from_result(churn)
-            notes += churn.notes
+            churn_scorer = churn_stage(lines, when, config, say, notes)
 
         # 5. basket / recommender
-        recommender = None
-        has_products = "product_id" in lines.columns
         with stage_run("basket", nested=True, tags={"crmkit.stage": "basket"}) as run:
             stage_runs["basket"] = run.info.run_id
-            if not has_products:
-                notes.append("order-level data (no product ids): no recommendations")
-                mlflow.log_param("basket.skipped", "order-level data")
-            else:
-                say("basket: rules, up-sells, calibration")
-                from crmkit.models.recommend import Recommender
-
-                scores = clv.customers.set_index("customer_id")[["p_alive", "clv"]]
-                recommender = Recommender(**config.recommend.recommender_params())
-                recommender.fit(lines, when, customer_scores=scores)
-                mlflow.log_params(
-                    {f"recommend.{k}": str(v) for k, v in config.recommend.model_dump().items()}
-                )
-                mlflow.log_metrics(
-                    {
-                        "rules": len(recommender.rules_),
-                        "products": len(recommender.products_),
-                    }
-                    | {
-                        f"calibration.{r['kind']}.auc": r["auc"]
-                        for r in recommender.calibration_.to_dict(orient="records")
-                        if np.isfinite(r.get("auc", np.nan))
-                    }
-                )
-                log_json({"notes": list(recommender.notes_)}, "basket/notes.json")
-                notes += list(recommender.notes_)
+            scores = clv.customers.set_index("customer_id")[["p_alive", "clv"]]
+            recommender = basket_stage(lines, when, config, scores, say, notes)
 
         # 6. bundle, register, gate
-        from crmkit.pipelines.scorer import CustomerScorer
-
-        scorer = CustomerScorer(
-            config=config,
-            clv=clv_state,
-            churn=churn_scorer,
-            recommender=recommender,
-            trained_as_of=when,
-            input_columns={c: str(t) for c, t in lines.dtypes.items()},
+        scorer, version, promoted, gate = bundle_and_register(
+            lines, when, config, clv_state, churn_scorer, recommender, register, say, notes
         )
-        say("gate: evaluating the new model")
-        challenger = gate_metrics(scorer, lines, when, config)
-        scorer.metrics = challenger
-        mlflow.log_metrics({f"gate.challenger.{k}": v for k, v in challenger.items()})
-
-        say("logging the model")
-        version, promoted, gate = _log_and_register(scorer, lines, when, config, register, say)
-        log_json(gate, "registry/gate.json")
-        if gate.get("champion_metrics"):
-            mlflow.log_metrics(
-                {f"gate.champion.{k}": v for k, v in gate["champion_metrics"].items()}
-            )
-        mlflow.log_metric("gate.promoted", int(promoted))
-        mlflow.set_tag("crmkit.model_version", str(version))
-        log_json({"notes": notes}, "notes.json")
         run_id = parent.info.run_id
     return TrainResult(
         run_id=run_id,
@@ -386,6 +324,128 @@ def run_train(
         quality=cleaned.report,
         segments=feats.segments,
     )
+
+
+def log_segments(segments: pd.DataFrame, n_customers: int) -> None:
+    """Log the segment table (``features/segments.csv``) and the ``segment.<name>`` and
+    ``customers`` metrics into the active (features) run."""
+    import mlflow
+
+    seg = segments.copy()
+    seg.index = seg.index.astype(str)
+    mlflow.log_text(seg.to_csv(), "features/segments.csv")
+    mlflow.log_metrics(
+        {f"segment.{k}": int(v) for k, v in segments["customers"].items()}
+        | {"customers": n_customers}
+    )
+
+
+def churn_stage(
+    lines: pd.DataFrame,
+    when: pd.Timestamp,
+    config: Any,
+    say: Callable[[str], None],
+    notes: list[str],
+) -> Any:
+    """The churn stage inside the active (churn) run: fit on ``lines``, log the run and the
+    booster, add the notes to ``notes``; returns the :class:`ChurnScorer`."""
+    from crmkit.pipelines.churn import ChurnScorer, compute_churn, log_churn_run
+
+    churn = compute_churn(
+        lines,
+        when,
+        config.churn,
+        progress=say,
+        cancellation_prefixes=tuple(config.cleaning.cancellation_prefixes),
+    )
+    log_churn_run(churn)  # booster with the lightgbm flavour and a signature
+    notes += churn.notes
+    return ChurnScorer.from_result(churn)
+
+
+def basket_stage(
+    lines: pd.DataFrame,
+    when: pd.Timestamp,
+    config: Any,
+    scores: pd.DataFrame,
+    say: Callable[[str], None],
+    notes: list[str],
+) -> Any:
+    """The basket stage inside the active (basket) run: fit the recommender on ``lines``
+    with the customers' ``p_alive`` / ``clv`` ``scores`` and log it; ``None`` for
+    order-level data."""
+    import mlflow
+
+    from crmkit.tracking import log_json
+
+    if "product_id" not in lines.columns:
+        notes.append("order-level data (no product ids): no recommendations")
+        mlflow.log_param("basket.skipped", "order-level data")
+        return None
+    say("basket: rules, up-sells, calibration")
+    from crmkit.models.recommend import Recommender
+
+    recommender = Recommender(**config.recommend.recommender_params())
+    recommender.fit(lines, when, customer_scores=scores)
+    mlflow.log_params({f"recommend.{k}": str(v) for k, v in config.recommend.model_dump().items()})
+    mlflow.log_metrics(
+        {
+            "rules": len(recommender.rules_),
+            "products": len(recommender.products_),
+        }
+        | {
+            f"calibration.{r['kind']}.auc": r["auc"]
+            for r in recommender.calibration_.to_dict(orient="records")
+            if np.isfinite(r.get("auc", np.nan))
+        }
+    )
+    log_json({"notes": list(recommender.notes_)}, "basket/notes.json")
+    notes += list(recommender.notes_)
+    return recommender
+
+
+def bundle_and_register(
+    lines: pd.DataFrame,
+    when: pd.Timestamp,
+    config: Any,
+    clv_state: dict[str, Any],
+    churn_scorer: Any,
+    recommender: Any,
+    register: bool,
+    say: Callable[[str], None],
+    notes: list[str],
+) -> tuple[Any, str | None, bool, dict[str, Any]]:
+    """Bundle the fitted parts into a :class:`CustomerScorer`, measure its gate metrics on
+    ``lines``, log (and register) it and run the champion gate, in the active parent run;
+    logs ``registry/gate.json`` and ``notes.json``. Returns the scorer, the version, whether
+    it was promoted, and the gate."""
+    import mlflow
+
+    from crmkit.pipelines.scorer import CustomerScorer
+    from crmkit.tracking import log_json
+
+    scorer = CustomerScorer(
+        config=config,
+        clv=clv_state,
+        churn=churn_scorer,
+        recommender=recommender,
+        trained_as_of=when,
+        input_columns={c: str(t) for c, t in lines.dtypes.items()},
+    )
+    say("gate: evaluating the new model")
+    challenger = gate_metrics(scorer, lines, when, config)
+    scorer.metrics = challenger
+    mlflow.log_metrics({f"gate.challenger.{k}": v for k, v in challenger.items()})
+
+    say("logging the model")
+    version, promoted, gate = _log_and_register(scorer, lines, when, config, register, say)
+    log_json(gate, "registry/gate.json")
+    if gate.get("champion_metrics"):
+        mlflow.log_metrics({f"gate.champion.{k}": v for k, v in gate["champion_metrics"].items()})
+    mlflow.log_metric("gate.promoted", int(promoted))
+    mlflow.set_tag("crmkit.model_version", str(version))
+    log_json({"notes": notes}, "notes.json")
+    return scorer, version, promoted, gate
 
 
 def _log_and_register(
