@@ -20,10 +20,12 @@ Exact quantiles (:func:`exact_quantiles`)
 them. Spark finds each order statistic by its exact rank without sorting all values in one
 task: the values are cut into ranges of about ``rows_per_bucket`` rows (bounds from
 ``approxQuantile``: they only balance the work, exactness never depends on them), the rows per
-range are counted, and only the range holding the wanted rank is numbered
-(``row_number`` in a window partitioned by range). The driver receives the range bounds, one
-count per range and the two values, and interpolates with numpy's formula (same operations,
-same rounding), so the thresholds equal the local ones bit for bit.
+range are counted, and only the range holding the wanted rank is read again: its distinct
+values, each with the running count of rows at or below it (a window partitioned by range over
+distinct values, so ties such as the many customers with a CLV of 0 collapse to one row). The
+driver receives the range bounds, one count per range and the two values, and interpolates
+with numpy's formula (same operations, same rounding), so the thresholds equal the local ones
+bit for bit.
 
 Audiences (:func:`build_audiences`, :func:`write_audiences`)
 ------------------------------------------------------------
@@ -32,7 +34,8 @@ ranked by ``action_value`` descending then ``customer_id`` ascending (code point
 both engines), ``rank`` 1..n. Ranks are global without a window over all rows: values are cut
 into ranges as above, a range's first rank is the number of the action's rows in the ranges
 of higher values (counted in Spark, summed on the driver), and rows are numbered within their
-range. :func:`write_audiences` writes the files and ``index.json`` of the local function:
+range (one task per range; all rows of one value share a range, so a value held by very many
+customers is numbered in one task). :func:`write_audiences` writes the files and ``index.json`` of the local function:
 ``<action>.parquet`` is a Parquet data set (a directory of part files in rank order, read by
 ``pandas.read_parquet`` as the local frame), ``<action>.csv`` one CSV file (Spark writes the
 parts, the driver concatenates them under one header) that
@@ -298,18 +301,34 @@ def _order_statistics(
         for r in sorted(set(wanted[c])):
             key = max(k for k, s in first.items() if s <= r)
             targets.setdefault((i, key, r - first[key] + 1), []).append(r)
-    hit = F.lit(False)
-    for i, key, j in targets:
-        hit = hit | ((F.col("c") == i) & (F.col(_BUCKET) == key) & (F.col("_i") == j))
     in_range = F.lit(False)
     for i, key in {(i, key) for i, key, _ in targets}:
         in_range = in_range | ((F.col("c") == i) & (F.col(_BUCKET) == key))
-    order = Window.partitionBy("c", _BUCKET).orderBy("v")
-    rows = long.where(in_range).withColumn("_i", F.row_number().over(order)).where(hit).collect()
+    # within a wanted range, the distinct values with the number of rows at or below each
+    # (ties collapse to one row: a value shared by many customers, e.g. a CLV of 0, is cheap)
+    upto = Window.partitionBy("c", _BUCKET).orderBy("v").rowsBetween(Window.unboundedPreceding, 0)
+    dist = (
+        long.where(in_range)
+        .groupBy("c", _BUCKET, "v")
+        .count()
+        .withColumn("_end", F.sum("count").over(upto))
+    )
+    hit = F.lit(False)
+    for i, key, j in targets:
+        hit = hit | (
+            (F.col("c") == i)
+            & (F.col(_BUCKET) == key)
+            & (F.col("_end") >= j)
+            & (F.col("_end") - F.col("count") < j)
+        )
     out: dict[tuple[str, int], float] = {}
-    for row in rows:
-        for r in targets[(row["c"], row[_BUCKET], row["_i"])]:
-            out[(cols[row["c"]], r)] = float(row["v"])
+    for row in dist.where(hit).collect():
+        for (i, key, j), rs in targets.items():
+            if (i, key) == (row["c"], row[_BUCKET]) and row["_end"] - row["count"] < j <= row[
+                "_end"
+            ]:
+                for r in rs:
+                    out[(cols[i], r)] = float(row["v"])
     return out
 
 
