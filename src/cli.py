@@ -181,14 +181,26 @@ def validate(
     returns: Annotated[
         Optional[str], typer.Option(help="drop (default) or net: returns reduce spend.")  # noqa: UP045
     ] = None,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="local, or spark: DATA may then be a Parquet or CSV file or directory, and "
+            "OUT/lines.parquet is a Parquet data set (docs/spark.md)."
+        ),
+    ] = "local",
 ) -> None:
     """Check a transaction file against the data contract and clean it.
 
     Writes OUT/lines.parquet (canonical columns) and OUT/quality_report.json.
     Prints the data-quality report. On any error OUT receives no output.
     """
+    if engine not in ("local", "spark"):
+        raise typer.BadParameter(f"must be local or spark, got {engine!r}", param_hint="--engine")
     from crmkit.pipelines.config import load_config
     from crmkit.pipelines.validate import LINES_FILE, REPORT_FILE, run_validate
+
+    if engine == "spark":
+        from crmkit.spark.clean import run_validate  # noqa: F811 - same contract, on Spark
 
     cfg = load_config(
         config,

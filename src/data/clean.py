@@ -250,14 +250,75 @@ class CleanResult:
     level: str = "product"
 
 
+def non_product_pattern(cfg: CleaningConfig) -> str | None:
+    """The ``non_product_patterns`` as one regular expression (``None`` without patterns)."""
+    if not cfg.non_product_patterns:
+        return None
+    return "|".join(f"(?:{p})" for p in cfg.non_product_patterns)
+
+
 def _non_product_mask(products: pd.Series, cfg: CleaningConfig) -> np.ndarray:
     codes = {c.upper() for c in cfg.non_product_codes}
     upper = products.str.upper()
     mask = upper.isin(codes).fillna(False).to_numpy(dtype=bool, copy=True)
-    if cfg.non_product_patterns:
-        pat = "|".join(f"(?:{p})" for p in cfg.non_product_patterns)
+    pat = non_product_pattern(cfg)
+    if pat is not None:
         mask |= products.str.contains(pat, regex=True).fillna(False).to_numpy(dtype=bool)
     return mask
+
+
+@dataclass(frozen=True)
+class RulePlan:
+    """What each rule does for one input (shared by the local and the Spark engine).
+
+    ``zero_is_purchase``: ``non_positive_price`` matches negative prices only (order-level
+    log with ``auto``); ``actions`` and ``descriptions``: the report's columns per rule, in
+    report order.
+    """
+
+    zero_is_purchase: bool
+    actions: dict[str, str]
+    descriptions: dict[str, str]
+
+
+def rule_plan(cfg: CleaningConfig, *, has_products: bool, derived_orders: bool) -> RulePlan:
+    """The action and description of every rule for lines with or without products and with
+    order ids from the file or derived (customer-day)."""
+    zero_is_purchase = cfg.drop_non_positive_price == "auto" and not has_products
+    price_rule = (
+        "negative unit price (zero-value orders kept: order-level log)"
+        if zero_is_purchase
+        else "unit price zero or negative"
+    )
+    drop_dups = cfg.drop_exact_duplicates
+    if drop_dups == "auto":
+        drop_dups = not derived_orders
+    ret_action = "drop" if cfg.returns == "drop" else "net (reduce spend)"
+    actions = {
+        "invalid_values": "drop",
+        "missing_customer_id": "drop" if cfg.drop_missing_customer_id else "keep",
+        "cancellations": ret_action,
+        "returns": ret_action,
+        "non_positive_price": "drop" if cfg.drop_non_positive_price else "keep",
+        "non_product_lines": (
+            ("drop" if cfg.drop_non_product_lines else "keep")
+            if has_products
+            else "skipped (no products)"
+        ),
+        "exact_duplicates": (
+            "drop" if drop_dups else ("keep (no order ids)" if derived_orders else "keep")
+        ),
+        "after_analysis_date": "drop" if cfg.as_of is not None else "skipped (no as_of)",
+    }
+    descriptions = {
+        rule: text.format(
+            prefixes=list(cfg.cancellation_prefixes),
+            as_of=cfg.as_of if cfg.as_of else None,
+            price_rule=price_rule,
+        )
+        for rule, text in _RULE_DESCRIPTIONS.items()
+    }
+    return RulePlan(zero_is_purchase, actions, descriptions)
 
 
 def _exact_duplicates(df: pd.DataFrame) -> np.ndarray:
@@ -322,42 +383,16 @@ def clean_lines(
         cancel = df["order_id"].str.startswith(prefixes).fillna(False).to_numpy(dtype=bool)
     masks["cancellations"] = cancel
     masks["returns"] = (qty < 0) & ~cancel
-    order_level = not has_products
     derived_orders = not data.columns or "order_id" not in data.columns.values()
-    zero_is_purchase = cfg.drop_non_positive_price == "auto" and order_level
-    masks["non_positive_price"] = price < 0 if zero_is_purchase else price <= 0
-    price_rule = (
-        "negative unit price (zero-value orders kept: order-level log)"
-        if zero_is_purchase
-        else "unit price zero or negative"
-    )
+    plan = rule_plan(cfg, has_products=has_products, derived_orders=derived_orders)
+    masks["non_positive_price"] = price < 0 if plan.zero_is_purchase else price <= 0
     if has_products:
         masks["non_product_lines"] = _non_product_mask(df["product_id"], cfg)
     masks["exact_duplicates"] = _exact_duplicates(df)
     if cfg.as_of is not None:
         cutoff = analysis_cutoff(cfg.as_of)
         masks["after_analysis_date"] = (df["order_ts"] >= cutoff).to_numpy()
-
-    drop_dups = cfg.drop_exact_duplicates
-    if drop_dups == "auto":
-        drop_dups = not derived_orders
-    ret_action = "drop" if cfg.returns == "drop" else "net (reduce spend)"
-    actions = {
-        "invalid_values": "drop",
-        "missing_customer_id": "drop" if cfg.drop_missing_customer_id else "keep",
-        "cancellations": ret_action,
-        "returns": ret_action,
-        "non_positive_price": "drop" if cfg.drop_non_positive_price else "keep",
-        "non_product_lines": (
-            ("drop" if cfg.drop_non_product_lines else "keep")
-            if has_products
-            else "skipped (no products)"
-        ),
-        "exact_duplicates": (
-            "drop" if drop_dups else ("keep (no order ids)" if derived_orders else "keep")
-        ),
-        "after_analysis_date": "drop" if cfg.as_of is not None else "skipped (no as_of)",
-    }
+    actions = plan.actions
 
     keep = np.ones(n, dtype=bool)
     records = []
@@ -372,9 +407,7 @@ def clean_lines(
     present = customers_with(keep)
     for rule in _RULE_DESCRIPTIONS:
         mask = masks.get(rule)
-        desc = _RULE_DESCRIPTIONS[rule].format(
-            prefixes=list(prefixes), as_of=cfg.as_of if cfg.as_of else None, price_rule=price_rule
-        )
+        desc = plan.descriptions[rule]
         rec = {
             "rule": rule,
             "action": actions[rule],
