@@ -281,6 +281,8 @@ def _quintile_scores(df: DataFrame, scores: Mapping[str, Sequence[Column]]) -> D
     base = df.persist(StorageLevel.MEMORY_AND_DISK)
     with _jobs(df, "crmkit: table before the quantile scores (persisted)"):
         n = base.count()  # computes and caches df
+    if n == 0:
+        return base.select(*df.columns, *[F.lit(None).cast("long").alias(k) for k in scores])
     part = F.shiftright(F.col("_pos"), _ROW_BITS)
     ranked: dict[str, DataFrame] = {}
     for name, worst_first in scores.items():
@@ -316,11 +318,11 @@ def _quintile_scores(df: DataFrame, scores: Mapping[str, Sequence[Column]]) -> D
         )
     out = base
     for name, by_part in rows.items():
-        if sum(by_part.values()) != n:  # df changed between the two passes
+        if sum(by_part.values()) != n:  # the persisted table was recomputed differently
             raise DataContractError(
                 f"quantile score {name}: {sum(by_part.values())} ranked rows, {n} rows",
                 rule="deterministic_input",
-                hint="persist the customer table before scoring it",
+                hint="the table must give the same rows each time it is computed",
             )
         offsets, total = [], 0
         for p in range(max(by_part, default=-1) + 1):

@@ -195,6 +195,8 @@ def test_quantile_scores_are_exact_over_many_range_partitions(spark, tmp_path):
         with pytest.raises(DataContractError) as err:
             _with_quintile(holes.withColumn("customer_id", F.lit(None).cast("string")), "s", [])
         assert err.value.column == "customer_id"
+        empty = _with_quintile(holes.where(F.lit(False)), "s", [F.col("spend").asc()])
+        assert empty.columns == [*holes.columns, "s"] and empty.count() == 0
 
         # the customer table on 7 range partitions equals the local one
         from crmkit.data.simulate import simulate_transactions
