@@ -1768,10 +1768,11 @@ class Recommender:
         """The non-empty lists of the customer codes ``codes`` (sorted; ``None``: all), a chunk
         of :data:`CHUNK_CUSTOMERS` customers at a time, in customer order.
 
-        Customers' lists are independent given the population-level state (snapshot, rules,
-        product repurchase gaps, segments and spend quantile of all customers), so the chunks
-        together are exactly the lists of one piece; only one chunk's candidate pools are in
-        memory at a time."""
+        Customers' lists are independent given the learned state and the population-level
+        quantities (:class:`PopulationStats`: product repurchase gaps, segments and spend
+        quantile, CLV mean, new products, all over every customer), and the selection of a
+        list looks at the customer's own candidates only, so the chunks together are exactly
+        the lists of one piece; only one chunk's candidate pools are in memory at a time."""
         n = self._snap.n_c if codes is None else len(codes)
         if n <= CHUNK_CUSTOMERS:
             starts, every = [None], codes
@@ -2725,16 +2726,27 @@ def _select(
     order = np.flatnonzero(alive)
     order = order[np.argsort(cust[order], kind="stable")]
     c, sc, fo, un = cust[order], score[order], forced[order], unseen[order]
-    tier = fo.astype(np.float64) * 2.0
+    tier = fo.astype(np.int8) * 2
     if n_unseen > 0:
         cand_u = np.flatnonzero(un & ~fo)
         reserved = _topk_mask(c[cand_u], sc[cand_u], n_unseen)
-        tier[cand_u[reserved]] = 1.0
-    big = float(sc.max(initial=0.0)) * 2.0 + 1.0
-    chosen = np.flatnonzero(_topk_mask(c, tier * big + sc, top_n))
+        tier[cand_u[reserved]] = 1
+    # top_n per customer: the forced row, then the reserved ones, then the rest, each tier by
+    # score (ties: the earlier entry); tier by tier, so that no score is added to a large
+    # offset (whose rounding could tie close scores and depend on the other customers)
+    n_codes = int(c.max()) + 1 if len(c) else 0
+    left = np.full(n_codes, top_n, dtype=np.int64)
+    keep = np.zeros(len(c), dtype=bool)
+    for t in (2, 1, 0):
+        at = np.flatnonzero(tier == t)
+        if len(at):
+            took = at[_topk_mask(c[at], sc[at], left)]
+            keep[took] = True
+            left -= np.bincount(c[took], minlength=n_codes)
+    chosen = np.flatnonzero(keep)
     # final order within a customer: reactivation first, then score
     cc = c[chosen]
-    rank = _rank_desc(cc, fo[chosen] * big + sc[chosen])
+    rank = _rank_desc(cc, np.where(fo[chosen], np.inf, sc[chosen]))
     st, ct = _segment_starts(cc)
     place = np.repeat(st, ct) + rank
     out = np.empty(len(chosen), dtype=np.int64)

@@ -27,6 +27,7 @@ from crmkit.models.recommend import (
     _population_segments,
     _product_gap_sums,
     _purchases,
+    _select,
     _usable_clv,
 )
 
@@ -177,3 +178,20 @@ def test_statistics_that_do_not_fit_are_refused(case):
     shifted = dataclasses.replace(stats, n_known=stats.n_known - 1)
     with pytest.raises(ConfigError, match="another recommender"):
         rec.recommend_for(some, LATER, scores, population=shifted)
+
+
+def test_selection_does_not_depend_on_the_other_customers():
+    """A customer's list is chosen from their own candidates only: close scores are not tied
+    by adding them to an offset sized by the largest score of the whole chunk (customer 1's
+    1e6 here; with unseen_share=1 the reserved rows compete for the slots beside the forced
+    reactivation row)."""
+    cust = np.array([0, 0, 0, 1], dtype=np.int32)
+    prod = np.array([0, 1, 2, 3], dtype=np.int32)
+    kind = np.array([2, 0, 0, 0], dtype=np.int8)  # re-sell, then cross-sell
+    score = np.array([1.0, 0.5, 0.5 + 1e-10, 1e6])
+    forced = np.array([True, False, False, False])
+    args = {"top_n": 2, "n_unseen": 2, "n_p": 4}
+    pick, rank = _select(cust, prod, kind, score, forced, **args)
+    assert pick.tolist() == [0, 2, 3] and rank.tolist() == [1, 2, 1]
+    alone, rank = _select(cust[:3], prod[:3], kind[:3], score[:3], forced[:3], **args)
+    assert alone.tolist() == [0, 2] and rank.tolist() == [1, 2]
