@@ -112,6 +112,7 @@ __all__ = [
     "RECOMMENDATION_COLUMNS",
     "Recommender",
     "PopulationStats",
+    "NEW_PRODUCT_COLUMNS",
     "recommend",
     "evaluate_recommendations",
     "popularity_baseline",
