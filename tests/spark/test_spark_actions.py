@@ -203,7 +203,9 @@ def test_next_best_actions_and_audiences_equal_the_local_ones(spark, scored, tmp
     local_aud["referral_ask"] = local_aud["referral_ask"].iloc[:0]
     for fmt in ("parquet", "csv"):
         s_dir, l_dir = tmp_path / f"spark_{fmt}", tmp_path / f"local_{fmt}"
-        s_index = sa.write_audiences(s_aud, s_dir, fmt=fmt)
+        # an empty frame (Parquet), a missing key (CSV): both a zero-row file
+        given = {a: f for a, f in s_aud.items() if fmt == "parquet" or a != "referral_ask"}
+        s_index = sa.write_audiences(given, s_dir, fmt=fmt)
         l_index = write_audiences(local_aud, l_dir, fmt=fmt)
         assert json.loads((s_dir / "index.json").read_text()) == s_index
         assert sorted(p.name for p in s_dir.iterdir()) == sorted(p.name for p in l_dir.iterdir())
@@ -237,6 +239,7 @@ def test_next_best_actions_and_audiences_equal_the_local_ones(spark, scored, tmp
 
 def test_groups_without_customers_or_without_lists(spark, scored):
     """Buckets holding only lists of customers outside the table, customers without lists."""
+    from crmkit.spark.actions import build_audiences as s_build
     from crmkit.spark.actions import next_best_actions
 
     cust, recs = scored
@@ -257,6 +260,11 @@ def test_groups_without_customers_or_without_lists(spark, scored):
         got["action_product_id"].fillna("-").tolist()
         == local["action_product_id"].fillna("-").tolist()
     )
+    # nobody with an action: six empty audiences
+    nobody = got.assign(next_best_action="none", action_value=0.0)
+    s_empty = s_build(spark.createDataFrame(nobody))
+    assert [s_empty[a].count() for a in AUDIENCE_ACTIONS] == [0] * 6
+    assert all(s_empty[a].columns == list(AUDIENCE_COLUMNS) for a in AUDIENCE_ACTIONS)
 
 
 def test_clear_errors_before_any_group_runs(spark, scored):
