@@ -14,27 +14,29 @@ quantities and how each is made exact:
 
 - *products new since training* (their codes follow the learned ones in product id order; the
   realised mean unit price, value, mean units per order, category and name of the first
-  line): the local code on every line of one new product at a time
-  (``groupBy(product_id).applyInPandas``, lines in file order), one row per new product to the
-  driver;
+  line): the local code on every line of each new product (``groupBy(product
+  bucket).applyInPandas``, lines in file order), one row per new product to the driver;
 - *typical repurchase gaps* (geometric mean of the repeat buyers' own gaps per product; the
   geometric mean over all repeat purchases for the other products): each customer group's
   repeat purchases and log gaps from the local code, then per product the sum of the log
-  gaps added in customer id order, as the local engine adds them
-  (``groupBy(product_id).applyInPandas``), one row per product to the driver;
+  gaps added one by one in customer id order, as the local engine adds them
+  (``groupBy(product bucket).applyInPandas``), one row per product to the driver, where the
+  fallback is summed over the product array as the local engine sums it;
 - *RFM segments* (quintile scores over all customers) and the *spend quantile* of
   reactivation: each customer group's RFM measures from the local code (sums in file order),
   then the local scoring, segment rules and ``numpy.quantile`` over every customer in one
   task (one row per customer moves there; as the quantile scores of
   :mod:`crmkit.spark.features`). Segments stay in Spark and reach each group by the cogroup;
 - *the mean CLV* (the denominator of the CLV weight) over the scored customers with a
-  purchase: exact partial sums (:func:`crmkit.models.recommend._exact_partials`) per
-  partition, merged on the driver by :func:`math.fsum` into the correctly rounded sum that the
-  local engine takes.
+  purchase: exact partial sums (:func:`crmkit.models.recommend._exact_partials`) per customer
+  group, merged by :func:`math.fsum` into the correctly rounded sum the local engine takes.
 
 So ids, ranks, products, kinds, reasons and scores are identical to the local engine's (the
 same float operations in the same order). Only product-level tables (new products, gap sums),
-a few counts and the CLV partial sums reach the driver; order lines never do.
+a few counts and the CLV partial sums reach the driver; order lines never do. Calling
+:func:`recommendations` runs the checks (one aggregation of the lines, one of the scores) and
+the product-level job(s); the lists themselves are built when the result is written (that job
+computes the customer groups' measures again for the segments).
 
 The recommender reaches the executors once, as a broadcast variable together with the
 population statistics (its learned state only, :meth:`Recommender._learned_only`: no training
