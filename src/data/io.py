@@ -784,7 +784,9 @@ def staged_output(out_dir: str | os.PathLike) -> Iterator[Path]:
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists() and not out.is_dir():
         raise DataContractError(f"--out {out} exists and is not a directory", rule="output_dir")
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    # absolute: a JVM (the Spark engine) resolves relative paths against its own start
+    # folder, not this process's current one
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent.absolute()))
     try:
         yield stage
         _commit(stage, out)

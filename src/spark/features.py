@@ -84,6 +84,9 @@ def read_lines(
     Adds :data:`LINE_ORDER`, each line's file and row, which fixes the order of float sums.
     """
     paths = [path] if isinstance(path, str | os.PathLike) else list(path)
+    # local paths made absolute: the JVM resolves relative ones against the folder it
+    # started in, not this process's current folder (a notebook's os.chdir, a test's chdir)
+    paths = [p if "://" in str(p) else os.path.abspath(p) for p in paths]
     if str(spark.conf.get(NANOS_AS_LONG, "false")).lower() != "true":
         spark.conf.set(NANOS_AS_LONG, "true")
     try:
