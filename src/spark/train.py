@@ -438,17 +438,6 @@ class SparkTrainResult(TrainResult):
     rules_check: dict[str, Any] | None = None
 
 
-def _input_digest(lines: DataFrame, cols: list[str]) -> tuple[str, int]:
-    """MD5 of (row count, XOR of every line's xxhash64, columns): the same set of lines gives
-    the same digest whatever the partitioning."""
-    row = lines.agg(
-        F.count(F.lit(1)).alias("n"), F.bit_xor(F.xxhash64(*[F.col(c) for c in cols])).alias("x")
-    ).first()
-    n = int(row["n"])
-    md5 = hashlib.md5(f"{n}|{row['x']}|{'|'.join(cols)}".encode())
-    return md5.hexdigest()[:8], n
-
-
 def _validate_stage(lines: DataFrame, data: str | os.PathLike, config: Any) -> dict[str, Any]:
     """Log the input data set and the totals of the cleaned lines; returns the report."""
     import mlflow
@@ -456,9 +445,10 @@ def _validate_stage(lines: DataFrame, data: str | os.PathLike, config: Any) -> d
     from crmkit.spark.features import LINE_ORDER, _timestamp_ns
 
     cols = [c for c in lines.columns if c != LINE_ORDER]
-    digest, n = _input_digest(lines, cols)
     ts = _timestamp_ns(lines)
     aggs = [
+        F.count(F.lit(1)).alias("n"),
+        F.bit_xor(F.xxhash64(*[F.col(c) for c in cols])).alias("x"),
         F.count_distinct("customer_id").alias("customers"),
         F.count_distinct("order_id").alias("orders"),
         F.sum(F.col("amount").cast("double")).alias("revenue"),
@@ -468,6 +458,10 @@ def _validate_stage(lines: DataFrame, data: str | os.PathLike, config: Any) -> d
     if "product_id" in lines.columns:
         aggs.append(F.count_distinct("product_id").alias("products"))
     row = lines.agg(*aggs).first()
+    n = int(row["n"])
+    # the digest: MD5 of (row count, XOR of every line's xxhash64, columns) - the same set of
+    # lines gives the same digest whatever the partitioning
+    digest = hashlib.md5(f"{n}|{row['x']}|{'|'.join(cols)}".encode()).hexdigest()[:8]
     if n == 0 or row["first"] is None:
         raise DataContractError(f"no order lines in {data}", rule="no_rows_left")
 
@@ -524,13 +518,11 @@ def _spark_clv(
         fit_gamma_gamma,
         fit_purchase_model,
         summary_in_unit,
-        weighted_patterns,
     )
 
     cfg = config.clv
     summary = summary_in_unit(table, cfg.unit).persist()
     try:
-        patterns = weighted_patterns(summary, ("frequency", "recency", "T"))
         purchase = fit_purchase_model(summary, cfg.model, penalizer=cfg.penalizer)
         spend = fit_gamma_gamma(summary, penalizer=cfg.penalizer)
         clv_notes: list[str] = []
@@ -550,13 +542,13 @@ def _spark_clv(
             F.sum(F.col("expected_purchases") * F.col("expected_spend")).alias("revenue"),
             F.sum("clv").alias("clv"),
         ).first()
-        t_max = float(patterns["T"].max())
+        t_max = float(summary.agg(F.max("T")).first()[0])
     finally:
         summary.unpersist()
     counts = {
         "customers": int(tot["customers"]),
-        "patterns": len(patterns),
-        "spend_pairs": int(spend.n_patterns_) if hasattr(spend, "n_patterns_") else -1,
+        "patterns": int(purchase.n_patterns_),
+        "spend_pairs": int(spend.n_patterns_),
     }
     if cfg.n_draws:
         clv_notes.append(

@@ -23,8 +23,9 @@ pytestmark = [
 
 ID_PREFIX = "CUSTX-"
 N_CUSTOMERS = 400
-#: Held-out churn ROC-AUC floor of the model trained on the sample (measured 0.80-0.82 on
-#: these data; the local model trained on every customer scores 0.82 at the same cutoff).
+#: Held-out churn ROC-AUC floor of the model trained on the 150-customer sample, on the 250
+#: customers outside it at the as-of date (measured 0.854; the gate's ROC-AUC of the model
+#: trained on every customer is 0.836).
 AUC_FLOOR = 0.72
 
 
@@ -33,10 +34,10 @@ def _config(**spark):
         None,
         overrides={
             "churn": {
-                "n_snapshots": 6,
+                "n_snapshots": 4,
                 "snapshot_every": 14,
-                "shap_sample": 100,
-                "lightgbm": {"n_estimators": 200, "early_stopping_rounds": 30},
+                "shap_sample": 50,
+                "lightgbm": {"n_estimators": 150, "early_stopping_rounds": 30},
             },
             "clv": {"n_draws": 0},
             "recommend": {"top_n": 5, "min_calibration_candidates": 200},
@@ -123,6 +124,10 @@ def test_every_customer_sampled_gives_the_local_scorer(spark, data, tmp_path):
     assert ca["customer_id"].tolist() == cb["customer_id"].tolist() and len(ca) == N_CUSTOMERS
     pd.testing.assert_frame_equal(ca, cb, check_exact=False, rtol=1e-9, atol=1e-12)
     pd.testing.assert_frame_equal(sa.recommendations, sb.recommendations, rtol=1e-9)
+    print(
+        f"every customer: {got.clv_patterns} CLV patterns, {len(a.recommender.rules_)} rules, "
+        f"gate {a.metrics}"
+    )
     # FP-growth over every basket finds the recommender's rules exactly
     rc = got.rules_check
     assert rc["rules_full"] == rc["rules_sample"] == rc["rules_both"] == len(a.recommender.rules_)
@@ -257,4 +262,5 @@ def test_stratified_sample_trains_registers_and_scores(spark, data, tmp_path):
     both = pd.concat([y.rename("y"), prob.rename("p")], axis=1, join="inner").dropna()
     assert len(both) == N_CUSTOMERS - cap and 0 < both["y"].mean() < 1
     auc = classification_metrics(both["y"], both["p"])["roc_auc"]
+    print(f"held-out churn ROC-AUC {auc:.4f} on {len(both)} customers; strata {counts}")
     assert auc > AUC_FLOOR, auc
