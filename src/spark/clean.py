@@ -793,6 +793,13 @@ def _finite(c: Column) -> Column:
     return c.isNotNull() & ~F.isnan(c) & (F.abs(c) != F.lit(float("inf")))
 
 
+def _parallelism(spark: SparkSession) -> int:
+    try:
+        return int(spark.sparkContext.defaultParallelism)
+    except Exception:  # pragma: no cover - Spark Connect has no SparkContext
+        return 1
+
+
 def _as_raw(raw: RawLines | DataFrame) -> RawLines:
     if isinstance(raw, RawLines) and isinstance(raw.frame, DataFrame):
         return raw
@@ -861,7 +868,12 @@ def _mark(
         if pat is not None:
             hit = hit | pid.rlike(pat)
         masks["non_product_lines"] = F.coalesce(hit, F.lit(False))
-    same = Window.partitionBy(*[F.col(c) for c in cols]).orderBy(F.col(LINE_ORDER))
+    # Lines hashed (64 bits) and spread over the cores by the hash, so that the window needs
+    # no other exchange and its sort compares longs, rarely the columns themselves.
+    spark = df.sparkSession
+    n = max(int(spark.conf.get("spark.sql.shuffle.partitions", "200")), _parallelism(spark))
+    df = df.withColumn("_h", F.xxhash64(*[F.col(c) for c in cols])).repartition(n, "_h")
+    same = Window.partitionBy("_h", *cols).orderBy(F.col(LINE_ORDER))
     masks["exact_duplicates"] = F.row_number().over(same) > 1
     if cfg.as_of is not None:
         cutoff = int(analysis_cutoff(cfg.as_of).as_unit("ns").value)
@@ -1102,7 +1114,9 @@ def write_lines(lines: DataFrame, path: str | os.PathLike, *, partitions: int | 
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     spark = lines.sparkSession
-    n = partitions or int(spark.conf.get("spark.sql.shuffle.partitions", "200"))
+    n = partitions or max(
+        int(spark.conf.get("spark.sql.shuffle.partitions", "200")), _parallelism(spark)
+    )
     schema = _arrow_schema(lines)
     data_cols = [f.name for f in schema]
     ordered = (
