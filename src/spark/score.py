@@ -14,21 +14,28 @@ computed here).
   customers matching the scored-customer rule, from the scorer's own LightGBM model, on each
   batch of customers in ``mapInPandas``.
 
+The churn model's behavioural features are computed per customer by the local functions
+(:func:`crmkit.features.behaviour.behaviour_features`, ``rfm_summary``) on groups of whole
+customers in ``applyInPandas`` - each a function of the customer's own lines in file order -
+rather than taken from :func:`crmkit.spark.customer_table`, whose plain Spark sums agree with
+the local ones only to rounding: the churn reasons print money to the cent (e.g. "average
+order value 557.88"), and a last-bit difference on a half cent prints another text.
+
 What reaches the driver: the table of unique weekly ``(frequency, recency, T)`` patterns with
 their weights (for the BG/NBD features, fitted there as in the local scorer) and their
 predictions, and a few rows when a check fails. No order line and no customer row is
-collected. Each check and the pattern table is one Spark query over the customer table; the
-output is another (Spark recomputes the customer table for each unless it is persisted).
+collected. The checks (CLV spend, scored-customer rule) and the pattern table are Spark
+queries of their own; :func:`customer_scores` persists the two per-customer tables they read
+so that the order lines are aggregated once for each.
 
 Exactness
 ---------
-Ids, counts, days, RFM scores, segments, the churn model's RFM quintiles and risk bands are
-identical to the local engine's; so are the weekly summary and hence the BG/NBD parameters
-(bit for bit) and the BG/NBD features. ``total_spend`` of the churn features (the sum of the
-customer's line amounts, which the M quintile ranks on) is added in the local order (file
-order) and is identical too. Other float features agree to rounding (relative ~1e-12, see
-:mod:`crmkit.spark.features`), and so do the probabilities and CLV (within 1e-9, tested on
-the sample data and Online Retail); reasons are identical.
+Ids, counts, days, RFM scores, segments, risk bands and reasons are identical to the local
+engine's. Every churn feature is identical bit for bit (behavioural features as above; RFM
+quintiles ranked over all customers; the weekly summary and hence the BG/NBD parameters and
+features), and so are the churn probabilities. The customer table's float sums agree to
+rounding (relative ~1e-12, see :mod:`crmkit.spark.features`), and so do ``monetary_value``,
+expected spend and CLV (within 1e-9, tested on the sample data and Online Retail).
 """
 
 from __future__ import annotations

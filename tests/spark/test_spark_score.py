@@ -47,6 +47,14 @@ CHURN = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _release_cache(spark):
+    """customer_scores persists its per-customer tables (and the tests their scores): free
+    them for the next test module sharing the session."""
+    yield
+    spark.catalog.clearCache()
+
+
 def train_scorer(lines: pd.DataFrame, as_of: str, **overrides) -> CustomerScorer:
     """What ``crmkit train`` bundles, fitted locally: the CLV models on the RFM summary in the
     CLV unit, the churn scorer of ``compute_churn``; no recommender."""
@@ -91,12 +99,32 @@ def assert_same(want: pd.DataFrame, got: pd.DataFrame, case: str) -> None:
             assert values(w) == values(h), (case, col)
 
 
-def spark_scores(spark, path, scorer, as_of, notes=None) -> pd.DataFrame:
+def spark_scores(spark, path, scorer, as_of, notes=None):
+    """The Spark scores as pandas (sorted by id) and as the persisted Spark DataFrame."""
     from crmkit.spark import read_lines
     from crmkit.spark.score import customer_scores
 
-    got = customer_scores(read_lines(spark, path), scorer, as_of, notes=notes).toPandas()
-    return got.sort_values("customer_id").set_index("customer_id")
+    scores = customer_scores(read_lines(spark, path), scorer, as_of, notes=notes).persist()
+    got = scores.toPandas().sort_values("customer_id").set_index("customer_id")
+    return got, scores
+
+
+def summary_from_scores(scores, unit: str):
+    """The RFM summary in ``unit`` from Spark scores in days (the default feature unit):
+    ``recency`` and ``T`` are whole days there, so ``days / unit_days`` is the local
+    arithmetic."""
+    from pyspark.sql import functions as F
+
+    from crmkit.features.rfm import UNIT_DAYS
+
+    ud = UNIT_DAYS[unit]
+    return scores.select(
+        "customer_id",
+        "frequency",
+        (F.col("recency") / F.lit(ud)).alias("recency"),
+        (F.col("T") / F.lit(ud)).alias("T"),
+        "monetary_value",
+    )
 
 
 def local_scores(scorer, lines, as_of) -> pd.DataFrame:
@@ -107,8 +135,8 @@ def local_scores(scorer, lines, as_of) -> pd.DataFrame:
 def test_sample_scores_features_and_errors_equal_the_local_ones(spark, tmp_path):
     from crmkit.data.simulate import simulate_transactions
     from crmkit.models.churn import churn_features as local_churn_features
-    from crmkit.spark import customer_table, read_lines
-    from crmkit.spark.clv import fit_gamma_gamma, fit_purchase_model, summary_in_unit
+    from crmkit.spark import read_lines
+    from crmkit.spark.clv import fit_gamma_gamma, fit_purchase_model
     from crmkit.spark.score import SCORE_COLUMNS, churn_features
 
     raw = simulate_transactions(n_customers=1500, seed=11).lines
@@ -122,7 +150,8 @@ def test_sample_scores_features_and_errors_equal_the_local_ones(spark, tmp_path)
 
     # 1. the customers table
     want = local_scores(scorer, lines, as_of)
-    got = spark_scores(spark, path, scorer, as_of)
+    got, scores = spark_scores(spark, path, scorer, as_of)
+    assert scorer.config.features.unit == "D"
     assert list(got.reset_index().columns) == list(SCORE_COLUMNS)
     assert_same(want, got, "sample")
     unscored = want["churn_probability"].isna()
@@ -151,13 +180,12 @@ def test_sample_scores_features_and_errors_equal_the_local_ones(spark, tmp_path)
         if pd.api.types.is_float_dtype(local_f[col].dtype):
             w, h = local_f[col].to_numpy(), spark_f[col].to_numpy()
             assert np.array_equal(w, h, equal_nan=True), col
-    table = customer_table(sl, as_of, scorer.config.features)
-    weekly = summary_in_unit(table, "W")
+    weekly = summary_from_scores(scores, "W")
     local_bg = BetaGeo().fit(rfm_summary(lines, as_of, unit="W"))
     spark_bg = fit_purchase_model(weekly, "bgnbd")
     assert np.array_equal(spark_bg.params_.to_numpy(), local_bg.params_.to_numpy())
     assert spark_bg.log_likelihood_ == local_bg.log_likelihood_
-    daily = summary_in_unit(table, "D")
+    daily = summary_from_scores(scores, "D")
     local_summary = rfm_summary(lines, as_of, unit="D")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -191,7 +219,7 @@ def test_sample_scores_features_and_errors_equal_the_local_ones(spark, tmp_path)
     scorer.churn, saved = None, scorer.churn
     try:
         notes = []
-        got = spark_scores(spark, path, scorer, as_of, notes=notes)
+        got, _ = spark_scores(spark, path, scorer, as_of, notes=notes)
         assert_same(local_scores(scorer, lines, as_of), got, "sample, no churn model")
         assert notes == ["no churn model in this bundle"]
         assert (got["churn_reasons"] == "").all() and got["churn_probability"].isna().all()
@@ -201,8 +229,7 @@ def test_sample_scores_features_and_errors_equal_the_local_ones(spark, tmp_path)
 
 def test_online_retail_scores_equal_the_local_ones(spark, tmp_path):
     from crmkit.data.io import load_transactions
-    from crmkit.spark import customer_table, read_lines
-    from crmkit.spark.clv import summary_in_unit, weighted_patterns
+    from crmkit.spark.clv import weighted_patterns
 
     if not SHARED_DATA.is_dir():
         pytest.skip(f"Online Retail not found at {SHARED_DATA}")
@@ -215,14 +242,13 @@ def test_online_retail_scores_equal_the_local_ones(spark, tmp_path):
     scorer = train_scorer(lines, as_of, churn=CHURN)
 
     want = local_scores(scorer, lines, as_of)
-    got = spark_scores(spark, parts, scorer, as_of)
+    got, scores = spark_scores(spark, parts, scorer, as_of)
     assert len(want) == 4334 and want["churn_probability"].notna().all()
     assert_same(want, got, "Online Retail")
     assert got["churn_risk_band"].value_counts().min() > 100
 
     # the churn model's BG/NBD: fitted on the weekly patterns aggregated in Spark, bit for bit
-    table = customer_table(read_lines(spark, parts), as_of, scorer.config.features)
-    patterns = weighted_patterns(summary_in_unit(table, "W"))
+    patterns = weighted_patterns(summary_from_scores(scores, "W"))
     assert len(patterns) < len(want) and patterns["weight"].sum() == len(want)
     local_bg = BetaGeo().fit(rfm_summary(lines, as_of, unit="W"))
     spark_bg = BetaGeo().fit(patterns[["frequency", "recency", "T"]], weights=patterns["weight"])
