@@ -86,7 +86,7 @@ def test_spark_validate_equals_local(spark, tmp_path):
 
     assert set(_WS) == {chr(i) for i in range(0x110000) if chr(i).isspace()}
     runner = CliRunner()
-    raw = dirty_sample(400, seed=11)
+    raw = dirty_sample(250, seed=11)
 
     # 1. the sample as a shop exports it (CSV), through the CLI: local vs spark, then features
     raw.to_csv(tmp_path / "orders.csv", index=False, date_format="%Y-%m-%d %H:%M:%S")
@@ -105,7 +105,7 @@ def test_spark_validate_equals_local(spark, tmp_path):
     dropped = {r["rule"]: r["rows_dropped"] for r in reports["local"]["rules"]}
     assert dropped["invalid_values"] == 2 and dropped["returns"] == 1
     planted = ("missing_customer_id", "cancellations", "non_positive_price", "exact_duplicates")
-    assert min(dropped[r] for r in planted) >= 10 and dropped["non_product_lines"] >= 11
+    assert min(dropped[r] for r in planted) >= 8 and dropped["non_product_lines"] >= 9
     assert any(c.startswith(" ") for c in raw["customer_id"].dropna())  # trimmed alike
     feats = {}
     for engine, out in outs.items():
@@ -126,7 +126,7 @@ def test_spark_validate_equals_local(spark, tmp_path):
     #    the output written as 3 part files, read back exactly by read_lines
     parts = tmp_path / "raw_parts"
     parts.mkdir()
-    cut = [0, 2000, 4100, len(raw)]
+    cut = [0, 1200, 2500, len(raw)]
     for i in range(3):
         raw.iloc[cut[i] : cut[i + 1]].to_parquet(parts / f"p{i}.parquet", index=False)
     cfg = CleaningConfig(returns="net", as_of="2023-06-30")
@@ -135,7 +135,7 @@ def test_spark_validate_equals_local(spark, tmp_path):
     assert write_lines(lines, tmp_path / "net", partitions=3) == len(local.lines)
     assert len(list((tmp_path / "net").glob("part-*.parquet"))) == 3
     assert_same_lines(pd.read_parquet(tmp_path / "net"), local.lines, "sample parquet net")
-    assert (local.lines["quantity"] < 0).sum() > 10
+    assert (local.lines["quantity"] < 0).sum() >= 8
     want_report = local.report.to_dict() | {"source": str(parts)}
     assert_same_report(report.to_dict(), want_report, "sample parquet net")
     back = read_lines(spark, tmp_path / "net").orderBy(LINE_ORDER).select("order_ts")
