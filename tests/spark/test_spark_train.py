@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from crmkit.data.simulate import simulate_transactions
+from crmkit.errors import ConfigError
 from crmkit.pipelines.config import load_config
 
 pytestmark = [
@@ -229,6 +230,34 @@ def test_stratified_sample_trains_registers_and_scores(spark, data, tmp_path):
     other = stratified_sample(table, cap, seed=seed + 1, bands=bands)
     other_ids = {r["customer_id"] for r in other.customers.collect()}
     assert other_ids != ids and other.strata["sampled"].tolist() == s.strata["sampled"].tolist()
+
+    # a larger table, where Spark ranks only the customers below each stratum's hash
+    # threshold: still exactly the smallest hashes
+    rng = np.random.default_rng(3)
+    big = pd.DataFrame(
+        {
+            "customer_id": [f"c{i:06d}" for i in range(20_000)],
+            "n_orders": rng.geometric(0.35, 20_000).astype("int64"),
+        }
+    )
+    big_sample = stratified_sample(spark.createDataFrame(big), 500, seed=seed, bands=bands)
+    big["h"] = (
+        spark.createDataFrame(big)
+        .select(F.xxhash64(F.lit(seed).cast("long"), "customer_id").alias("h"))
+        .toPandas()["h"]
+        .to_numpy()
+    )
+    big["stratum"] = np.searchsorted(bands, big["n_orders"], side="right") - 1
+    big = big.sort_values(["h", "customer_id"])
+    big_counts = big["stratum"].value_counts().reindex(range(5), fill_value=0).tolist()
+    assert big_sample.strata["customers"].tolist() == big_counts
+    want = set()
+    for i, k in enumerate(allocate(big_counts, 500)):
+        want |= set(big.loc[big["stratum"] == i, "customer_id"].head(k))
+    assert {r["customer_id"] for r in big_sample.customers.collect()} == want
+    assert len(want) == big_sample.size == 500
+    with pytest.raises(ConfigError, match="spark.order_bands"):
+        _config(order_bands=[2, 5])
 
     # logged: params and spark/sample.json (no customer id anywhere in it)
     client = mlflow.MlflowClient(store)
