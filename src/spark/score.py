@@ -61,7 +61,6 @@ __all__ = ["SCORE_COLUMNS", "churn_features", "churn_scores", "customer_scores"]
 #: Columns of :func:`customer_scores`: ``crmkit.pipelines.scorer.CUSTOMER_COLUMNS`` up to
 #: and including ``churn_reasons``.
 SCORE_COLUMNS = CUSTOMER_COLUMNS[: CUSTOMER_COLUMNS.index("churn_reasons") + 1]
-_CHURN_OUT = ("churn_probability", "churn_risk_band", "churn_reasons")
 _PATTERN = ["frequency", "recency", "T"]
 
 
@@ -146,9 +145,6 @@ def _behaviour(lines: DataFrame, cut: pd.Timestamp, churn: Any, groups: int | No
         *[f"x_{c}" for c in extra],
     )
 
-    def local(pdf: pd.DataFrame) -> pd.DataFrame:
-        return _local_features(pdf.drop(columns="_group"), cut, settings, extra)
-
     # the output columns and types, from one line on the driver
     probe = pd.DataFrame(
         {"customer_id": ["c"], "order_id": ["o"], "ts": [cutoff - 86_400 * 10**9]}
@@ -157,6 +153,12 @@ def _behaviour(lines: DataFrame, cut: pd.Timestamp, churn: Any, groups: int | No
     )
     kinds = {"int64": T.LongType(), "float64": T.DoubleType()}
     cols = _local_features(probe, cut, settings, extra)
+
+    def local(pdf: pd.DataFrame) -> pd.DataFrame:
+        if not (pdf["q"] > 0).any():  # only returns: no buyer here (the local functions raise)
+            return cols.iloc[:0]
+        return _local_features(pdf.drop(columns="_group"), cut, settings, extra)
+
     fields = [T.StructField("customer_id", lines.schema["customer_id"].dataType, True)]
     fields += [
         T.StructField(c, kinds.get(str(cols[c].dtype), T.StringType()), True)
