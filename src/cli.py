@@ -614,6 +614,13 @@ def score(
     map_: MapOpt = None,
     names: NamesOpt = None,
     tracking_uri: TrackingOpt = None,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="local, or spark: DATA is then cleaned lines (a Parquet file or directory) "
+            "and the tables are written as Parquet data sets (docs/spark.md)."
+        ),
+    ] = "local",
 ) -> None:
     """Score every customer with the registered model (the batch-scoring entry point).
 
@@ -626,9 +633,34 @@ def score(
     from crmkit.pipelines.score import run_score
     from crmkit.tracking import configure
 
+    if engine not in ("local", "spark"):
+        raise typer.BadParameter(f"must be local or spark, got {engine!r}", param_hint="--engine")
     cfg = load_score_config(config, overrides={"data": _data_overrides(map_, names)})
     t0 = time.perf_counter()
     configure(tracking_uri, cfg.score.experiment)
+    if engine == "spark":
+        from crmkit.spark.pipeline import run_score as run_spark_score
+
+        sres = run_spark_score(
+            data, out, model_uri=model, as_of=as_of, config=cfg, fmt=fmt, progress=_info
+        )
+        s = sres.summary
+        typer.echo(
+            f"scored {s['customers']:,} customers at {s['as_of']} with {sres.model['uri']} "
+            f"(version {sres.model['version']}) on Spark"
+        )
+        typer.echo("segments: " + ", ".join(f"{k} {v:,}" for k, v in s["segments"].items()))
+        typer.echo(
+            f"CLV total {s['clv_total']:,.2f} (mean {s['clv_mean']:,.2f}); "
+            f"high churn risk {s['churn_high_risk']:,}; recommendations {s['recommendations']:,}"
+        )
+        typer.echo(
+            "next best action: " + ", ".join(f"{k} {v:,}" for k, v in s["next_best_action"].items())
+        )
+        for n in sres.notes:
+            typer.secho(f"  note: {n}", fg=typer.colors.YELLOW)
+        _info(f"wrote {out}/ in {time.perf_counter() - t0:.1f} s")
+        return
     res = run_score(data, out, model_uri=model, as_of=as_of, config=cfg, fmt=fmt, progress=_info)
     _print_score(res)
     _info(f"wrote {out}/ in {time.perf_counter() - t0:.1f} s")
