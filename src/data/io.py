@@ -1,6 +1,6 @@
 """Reading order lines from CSV, Parquet and Excel into the canonical contract.
 
-This is the one module that reads transaction files. :func:`load_transactions` recognises or
+This is the one module that reads transaction files (values are parsed by :mod:`.parse`, outputs written by :mod:`.output`). :func:`load_transactions` recognises or
 maps the columns (:mod:`crmkit.data.schema`), detects encoding and delimiter, infers a single
 date format for the whole timestamp column, parses numbers, and returns :class:`RawLines`:
 canonical columns with parsed types, *before* any cleaning rule is applied. Anything the
@@ -13,11 +13,6 @@ from __future__ import annotations
 import codecs
 import os
 import re
-import shutil
-import sys
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -25,6 +20,12 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from crmkit.data.output import staged_output, write_parquet
+from crmkit.data.parse import (
+    _NA_STRINGS,
+    parse_numbers,
+    parse_timestamps,
+)
 from crmkit.data.schema import (
     CLEAN_COLUMNS,
     NUMERIC_COLUMNS,
@@ -47,7 +48,6 @@ __all__ = [
 
 _SAMPLE_BYTES = 1 << 20
 _DELIMITERS = (",", ";", "\t", "|")
-_NA_STRINGS = {"", "nan", "NaN", "NAN", "NA", "N/A", "n/a", "null", "NULL", "None", "none", "-"}
 
 
 @dataclass
@@ -379,247 +379,6 @@ def _decodes(data: bytes, encoding: str, partial: bool = False) -> bool:
     return True
 
 
-# --------------------------------------------------------------------------------------------
-# parsing values
-
-
-def _row_samples(mask: np.ndarray | pd.Series, values: pd.Series, k: int = 10) -> list:
-    idx = np.flatnonzero(np.asarray(mask))[:k]
-    return [(int(i) + 1, values.iloc[i]) for i in idx]
-
-
-_DATE_PARTS = (
-    "%Y-%m-%d",
-    "%Y/%m/%d",
-    "%Y.%m.%d",
-    "%Y%m%d",
-    "%d/%m/%Y",
-    "%m/%d/%Y",
-    "%d-%m-%Y",
-    "%m-%d-%Y",
-    "%d.%m.%Y",
-    "%d/%m/%y",
-    "%m/%d/%y",
-    "%d-%m-%y",
-    "%m-%d-%y",
-    "%d.%m.%y",
-    "%d %b %Y",
-    "%d-%b-%Y",
-    "%b %d %Y",
-    "%b %d, %Y",
-    "%d %B %Y",
-    "%B %d, %Y",
-    "%d-%b-%y",
-)
-_TIME_PARTS = (
-    "",
-    " %H:%M",
-    " %H:%M:%S",
-    " %H:%M:%S.%f",
-    "T%H:%M",
-    "T%H:%M:%S",
-    "T%H:%M:%S.%f",
-    " %I:%M %p",
-    " %I:%M:%S %p",
-)
-DATE_FORMATS: tuple[str, ...] = tuple(d + t for d in _DATE_PARTS for t in _TIME_PARTS)
-_TZ_RE = re.compile(r"(?:Z|[+-]\d\d:?\d\d|\s(?:UTC|GMT))$")
-
-
-def _try_format(values: pd.Series, fmt: str) -> pd.Series:
-    return pd.to_datetime(values, format=fmt, errors="coerce")
-
-
-def parse_timestamps(
-    values: pd.Series, *, column: str = "order_ts", date_format: str | None = None
-) -> tuple[pd.Series, str, list[str]]:
-    """Parse a timestamp column with one format for every row.
-
-    The format is the one (of :data:`DATE_FORMATS`, or ISO 8601) that parses every non-missing
-    value. When several formats parse every value but read some differently (``03/01/19`` as
-    3 January or 1 March), the column is ambiguous and an error asks for ``--date-format``.
-    Time-zone aware values are converted to UTC and made naive.
-
-    Returns
-    -------
-    (parsed, format used, notes)
-    """
-    notes: list[str] = []
-    if isinstance(values.dtype, pd.DatetimeTZDtype):
-        notes.append(f"{column}: time zone {values.dt.tz} converted to UTC")
-        return (
-            values.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[ns]"),
-            "native",
-            notes,
-        )
-    if pd.api.types.is_datetime64_any_dtype(values):
-        return values.astype("datetime64[ns]"), "native", notes
-    if pd.api.types.is_numeric_dtype(values):
-        # e.g. 19970101 stored as a number
-        as_text = values.astype("Int64").astype("string").astype(object)
-        return parse_timestamps(
-            pd.Series(as_text, index=values.index), column=column, date_format=date_format
-        )
-    # Mixed python objects (Excel): datetimes stay, the rest is text.
-    text = (
-        values.map(
-            lambda v: v if v is None or isinstance(v, str) or pd.isna(v) else str(v),
-            na_action="ignore",
-        )
-        if values.dtype == object
-        else values
-    )
-    text = text.astype("str").str.strip()
-    text = text.mask(text.isin(_NA_STRINGS))
-    # Parse each distinct value once; ``codes`` maps rows to distinct values (-1: missing).
-    codes, uniq_arr = pd.factorize(text, use_na_sentinel=True)
-    present = codes >= 0
-    uniq = pd.Series(uniq_arr, dtype="str")
-    if uniq.empty:
-        raise DataContractError(
-            "every timestamp is missing", column=column, rule="timestamp_missing"
-        )
-
-    def expand(parsed_uniq: pd.Series) -> pd.Series:
-        vals = parsed_uniq.to_numpy(dtype="datetime64[ns]")
-        out = np.where(present, vals[np.where(present, codes, 0)], np.datetime64("NaT", "ns"))
-        return pd.Series(out, index=values.index, dtype="datetime64[ns]")
-
-    def require_parsed(parsed: pd.Series, what: str) -> None:
-        bad = parsed.isna().to_numpy() & present
-        if bad.any():
-            raise DataContractError(
-                f"{int(bad.sum())} {what}",
-                column=column,
-                rule="timestamp_format",
-                rows=_row_samples(bad, values),
-                hint="fix those rows, or give the right format with --date-format",
-            )
-
-    has_tz = uniq.str.contains(_TZ_RE).to_numpy(dtype=bool)
-    if has_tz.any():
-        if not has_tz.all():
-            bad = present & ~has_tz[np.where(present, codes, 0)]
-            raise DataContractError(
-                "some timestamps carry a time zone and others do not; crmkit will not guess "
-                "the zone of the naive ones",
-                column=column,
-                rule="mixed_timezones",
-                rows=_row_samples(bad, values),
-                hint="export every timestamp in one zone (UTC is best)",
-            )
-        fmt = date_format or "ISO8601"
-        parsed = expand(
-            pd.to_datetime(uniq, format=fmt, errors="coerce", utc=True).dt.tz_localize(None)
-        )
-        require_parsed(parsed, "timestamps with a time zone could not be parsed as " + fmt)
-        notes.append(f"{column}: time-zone aware timestamps converted to UTC")
-        return parsed, fmt, notes
-
-    if date_format is not None:
-        parsed = expand(_try_format(uniq, date_format))
-        require_parsed(parsed, f"timestamps do not match the given format '{date_format}'")
-        return parsed, date_format, notes
-
-    # Screen candidates on a small sample, confirm on every distinct value.
-    probe = uniq.iloc[:: max(1, len(uniq) // 200)][:200]
-    iso_like = bool(probe.str.match(r"^\d{4}-\d\d-\d\d").all())
-    fits: list[tuple[str, pd.Series]] = []
-    best_fmt, best_ok = None, -1
-    for fmt in ("ISO8601", *DATE_FORMATS):
-        if fmt == "ISO8601" and not iso_like:
-            continue
-        p_probe = _try_format(probe, fmt)
-        ok = int(p_probe.notna().sum())
-        if ok > best_ok:
-            best_fmt, best_ok = fmt, ok
-        if ok < len(probe):
-            continue
-        p_all = _try_format(uniq, fmt)
-        n_ok = int(p_all.notna().sum())
-        if n_ok == len(uniq):
-            fits.append((fmt, p_all))
-        elif n_ok > best_ok:
-            best_fmt, best_ok = fmt, n_ok
-    if not fits:
-        fmt = best_fmt or "ISO8601"
-        bad = expand(_try_format(uniq, fmt)).isna().to_numpy() & present
-        n_bad = int(bad.sum())
-        raise DataContractError(
-            f"{n_bad} of {int(present.sum())} timestamps cannot be read with the format that "
-            f"fits most rows ('{fmt}'); no single date format fits every row",
-            column=column,
-            rule="timestamp_format",
-            rows=_row_samples(bad, values),
-            hint="fix those rows, or give the format with --date-format "
-            "(e.g. --date-format '%d/%m/%Y %H:%M')",
-        )
-    ref_fmt, ref = fits[0]
-    disagree = [f for f, p in fits[1:] if not p.equals(ref)]
-    if disagree:
-        other = next(p for f, p in fits if f == disagree[0])
-        i = int(np.flatnonzero((other != ref).to_numpy())[0])
-        raise DataContractError(
-            f"the timestamps fit several date formats that read them differently "
-            f"({ref_fmt!r} and {disagree[0]!r}: {uniq.iloc[i]!r} is {ref.iloc[i]:%Y-%m-%d} or "
-            f"{other.iloc[i]:%Y-%m-%d}); every day in the data is 12 or less, so day-first "
-            "and month-first cannot be told apart",
-            column=column,
-            rule="ambiguous_date_format",
-            hint="give the format with --date-format (e.g. '%d/%m/%Y') or `date_format:` "
-            "in the config",
-        )
-    notes.append(f"{column}: date format '{ref_fmt}' fits every row")
-    return expand(ref), ref_fmt, notes
-
-
-_CURRENCY_RE = re.compile(r"[£$€¥\s\u00a0]|(?i:usd|eur|gbp)")
-
-
-def parse_numbers(values: pd.Series, *, column: str) -> tuple[pd.Series, list[str]]:
-    """Parse a numeric column: plain numbers, currency symbols, thousands separators and
-    decimal commas (``"1.234,50"``) are read; text that is no number is an error naming the
-    rows. Missing values stay NaN (the cleaning rule ``invalid_values`` counts them)."""
-    notes: list[str] = []
-    if pd.api.types.is_bool_dtype(values):
-        raise DataContractError(
-            "holds true/false values, not numbers",
-            column=column,
-            rule="numeric",
-            rows=_row_samples(np.ones(len(values), bool), values),
-        )
-    if pd.api.types.is_numeric_dtype(values):
-        return values.astype("float64"), notes
-    text = values.astype("string").str.strip()
-    text = text.mask(text.isin(_NA_STRINGS))
-    present = text.notna().to_numpy()
-    num = pd.to_numeric(text, errors="coerce").astype("float64")
-    bad = num.isna().to_numpy() & present
-    if bad.any():
-        stripped = text.str.replace(_CURRENCY_RE, "", regex=True)
-        has_comma = stripped.str.contains(",", regex=False).fillna(False)
-        decimal_comma = bool(stripped[has_comma].str.contains(r",\d{1,2}$|,\d{4,}$").any())
-        if decimal_comma:
-            fixed = stripped.str.replace(".", "", regex=False).str.replace(",", ".", regex=False)
-            rule_note = "decimal comma"
-        else:
-            fixed = stripped.str.replace(",", "", regex=False)
-            rule_note = "thousands separators / currency symbols"
-        num2 = pd.to_numeric(fixed, errors="coerce").astype("float64")
-        bad2 = num2.isna().to_numpy() & present
-        if bad2.any():
-            raise DataContractError(
-                f"{int(bad2.sum())} values are not numbers",
-                column=column,
-                rule="numeric",
-                rows=_row_samples(bad2, values),
-                hint=f"fix or remove those rows, or map the right column to '{column}'",
-            )
-        notes.append(f"{column}: read with {rule_note}")
-        num = num2
-    return num, notes
-
-
 def _ids_to_text(values: pd.Series) -> pd.Series:
     """Identifiers as text; integral floats (``17850.0``, as pandas reads an id column with
     gaps) become ``"17850"``."""
@@ -760,118 +519,6 @@ def load_transactions(
 
 
 # --------------------------------------------------------------------------------------------
-# writing outputs
-
-
-@contextmanager
-def staged_output(out_dir: str | os.PathLike) -> Iterator[Path]:
-    """Write a command's outputs all-or-nothing.
-
-    Yields a staging folder beside ``out_dir``. When the block finishes, the outputs replace
-    those in ``out_dir`` in one step: files of ``out_dir`` the block did not write are
-    hard-linked into the staging folder, which then swaps places with ``out_dir`` in a single
-    atomic rename (``renameat2(RENAME_EXCHANGE)`` on Linux; a new ``out_dir`` is the staging
-    folder renamed). A reader, or a process killed at any moment, sees the previous outputs
-    or the new ones, never a mix. Where the swap is not available (other systems, a
-    symlinked or mounted ``out_dir``), each entry is moved in with an atomic rename instead.
-
-    When the block raises, the staging folder is removed and ``out_dir`` is left as it was.
-    A process killed with SIGKILL leaves its ``.<out>.staging-*`` folder behind (nothing
-    can clean up after it); ``out_dir`` is untouched and later runs are unaffected (each
-    run stages in a folder of its own), so such a folder can simply be deleted.
-    """
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists() and not out.is_dir():
-        raise DataContractError(f"--out {out} exists and is not a directory", rule="output_dir")
-    # absolute: a JVM (the Spark engine) resolves relative paths against its own start
-    # folder, not this process's current one
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent.absolute()))
-    try:
-        yield stage
-        _commit(stage, out)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-
-
-def _commit(stage: Path, out: Path) -> None:
-    """Put the staged outputs in place (see :func:`staged_output`)."""
-    if out.is_symlink() or (out.exists() and os.path.ismount(out)):
-        _commit_each(stage, out)
-        return
-    if not out.exists():
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(stage, 0o777 & ~umask)  # mkdtemp makes it 0700
-        try:
-            os.rename(stage, out)
-            return
-        except OSError:  # out appeared meanwhile
-            pass
-    try:
-        for item in out.iterdir():  # keep what this run does not write
-            target = stage / item.name
-            if not os.path.lexists(target):
-                if item.is_dir() and not item.is_symlink():
-                    shutil.copytree(item, target, symlinks=True, copy_function=_link_or_copy)
-                else:
-                    _link_or_copy(item, target, follow_symlinks=False)
-        os.chmod(stage, out.stat().st_mode & 0o7777)
-    except OSError:
-        _commit_each(stage, out)
-        return
-    if not _exchange(stage, out):
-        _commit_each(stage, out)
-    # else: the staging folder now holds the previous outputs; the caller removes it
-
-
-def _link_or_copy(src: str | os.PathLike, dst: str | os.PathLike, *, follow_symlinks=True):  # noqa: ANN001, ANN202
-    if os.path.islink(src) and not follow_symlinks:
-        os.symlink(os.readlink(src), dst)
-        return dst
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-    return dst
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths (Linux ``renameat2`` with ``RENAME_EXCHANGE``); ``False``
-    when the system or the file system cannot."""
-    if not sys.platform.startswith("linux"):
-        return False
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):  # no libc symbol (glibc < 2.28, musl < 1.2.?)
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p]
-    renameat2.argtypes += [ctypes.c_uint]
-    rc = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
-    return rc == 0
-
-
-def _commit_each(stage: Path, out: Path) -> None:
-    """Move each staged entry into ``out`` with an atomic rename (the fallback)."""
-    out.mkdir(exist_ok=True)
-    for item in sorted(stage.iterdir()):
-        target = out / item.name
-        if target.is_dir() and item.is_dir():
-            shutil.rmtree(target)
-        os.replace(item, target)
-
-
-def write_parquet(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Write a frame as Parquet (pyarrow, no index)."""
-    p = Path(path)
-    frame.to_parquet(p, engine="pyarrow", index=False)
-    return p
-
-
 def load_baskets(
     path: str | os.PathLike, *, delimiter: str = ",", encoding: str | None = None
 ) -> pd.DataFrame:

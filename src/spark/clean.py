@@ -66,19 +66,15 @@ from crmkit.data.clean import (
     rule_plan,
 )
 from crmkit.data.io import (
-    _CURRENCY_RE,
-    _NA_STRINGS,
     _SAMPLE_BYTES,
-    _TZ_RE,
-    DATE_FORMATS,
     RawLines,
     _decodes,
     _detect_delimiter,
     _detect_encoding,
     _looks_like_header,
-    _try_format,
-    staged_output,
 )
+from crmkit.data.output import staged_output
+from crmkit.data.parse import _CURRENCY_RE, _NA_STRINGS, _TZ_RE, DATE_FORMATS, _try_format
 from crmkit.data.schema import CLEAN_COLUMNS, NUMERIC_COLUMNS, OPTIONAL_COLUMNS, recognise_columns
 from crmkit.errors import DataContractError
 from crmkit.pipelines.config import DataConfig, PipelineConfig
