@@ -1,33 +1,49 @@
 # The two README commands: `make demo` (main job on the embedded sample data) and `make test`.
-# Both bootstrap a local virtual environment in .venv from pyproject.toml on first use.
+# Both bootstrap a local virtual environment in .venv on first use, with the exact versions of
+# constraints.txt (the lock the suite passed with): `make demo` installs only what the main job
+# needs (the package), `make test` adds the dev extra (test tools, notebooks, PySpark).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-stamp
+LOCK   := constraints.txt
+PIP    := $(BIN)/python -m pip install --quiet --constraint $(LOCK)
+MAIN   := $(VENV)/.installed-main
+DEV    := $(VENV)/.installed-dev
 OUT    ?= out/demo
 
-.PHONY: demo test venv lint bench clean
+.PHONY: demo test venv lint bench lock clean
 
-venv: $(STAMP)
+venv: $(DEV)
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
-	touch $(STAMP)
+	$(BIN)/python -m pip install --quiet pip==26.3
 
-demo: $(STAMP)
+$(MAIN): pyproject.toml $(LOCK) | $(BIN)/python
+	$(PIP) -e .
+	touch $@
+
+$(DEV): pyproject.toml $(LOCK) | $(BIN)/python
+	$(PIP) -e ".[dev]"
+	touch $@ $(MAIN)
+
+demo: $(MAIN)
 	$(BIN)/crmkit demo --out $(OUT)
 
-test: $(STAMP)
+test: $(DEV)
 	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=15
 
-lint: $(STAMP)
+lint: $(DEV)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
-bench: $(STAMP)
+bench: $(DEV)
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python benchmarks/run.py
+
+# after a green `make test` with newer versions: record them as the lock
+lock: $(DEV)
+	{ sed -n '1,3p' $(LOCK); $(BIN)/python -m pip freeze --exclude-editable; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
 
 clean:
 	rm -rf $(VENV) out build *.egg-info
