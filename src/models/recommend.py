@@ -629,9 +629,15 @@ class _Logit:
     coef: np.ndarray  # intercept first
 
     def predict(self, X: np.ndarray) -> np.ndarray:
+        """P(bought) of each row of ``X``, computed row by row in a fixed order: column after
+        column, in float64, with elementwise ufuncs (no BLAS). A matrix-vector product
+        (``X @ w``) sums a row's terms in an order that depends on the row's position and the
+        number of rows (the kernels' unrolled blocks and tails, the threads), so a customer's
+        score would depend on who else is in the chunk (the last bits of 0.4 % of scores)."""
         w = self.coef[1:] / self.scale
-        z = (X @ w.astype(X.dtype)).astype(np.float64)
-        z += self.coef[0] - float(self.mean @ w)
+        z = np.full(len(X), self.coef[0] - math.fsum(self.mean * w))
+        for j in range(X.shape[1]):
+            z += X[:, j] * w[j]
         np.clip(z, -30.0, 30.0, out=z)
         return 1.0 / (1.0 + np.exp(-z))
 
@@ -746,8 +752,9 @@ def _topk_mask(rows: np.ndarray, vals: np.ndarray, k: int | np.ndarray) -> np.nd
 
 
 def _stack(columns: list[np.ndarray]) -> np.ndarray:
-    """Features as a float32 matrix (half the memory traffic of float64)."""
-    X = np.empty((len(columns[0]), len(columns)), dtype=np.float32)
+    """Features as a float32 matrix (half the memory traffic of float64), column-major
+    (:meth:`_Logit.predict` reads it column by column)."""
+    X = np.empty((len(columns[0]), len(columns)), dtype=np.float32, order="F")
     for j, c in enumerate(columns):
         X[:, j] = c
     return X
