@@ -15,7 +15,7 @@ numbers; :func:`crmkit.pipelines.churn.run_churn` puts them together):
 * :class:`ChurnModel` - the estimator (scikit-learn style): LightGBM with class weights,
   monotone recency, early stopping and calibration on the validation cutoff, an optional
   bounded random search, gain importance, SHAP values (LightGBM's ``pred_contrib``) and
-  readable per-customer reasons.
+  readable per-customer reasons (:mod:`crmkit.models.churn_reasons`: true sentences only).
 * :func:`baseline_scores`, :func:`classification_metrics` - the three baselines (recency rule,
   RFM quintile sum, BG/NBD) and the metrics they are compared on.
 * :func:`log_churn_model` - everything into the active MLflow run.
@@ -29,7 +29,6 @@ calendar days after ``C``.
 from __future__ import annotations
 
 import math
-import re
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ import pandas as pd
 
 from crmkit.data.clean import analysis_cutoff
 from crmkit.errors import DataContractError
+from crmkit.models.churn_reasons import describe_column, describe_feature, explain_reasons
 
 __all__ = [
     "DEFAULT_WINDOWS",
@@ -1280,288 +1280,10 @@ class ChurnModel:
         return out
 
     def top_reasons(self, X: pd.DataFrame, k: int = 3) -> pd.Series:
-        """Per customer, the ``k`` features pushing the churn score up most (positive SHAP
-        values), as readable strings (see :func:`explain_reasons`)."""
+        """Per customer, up to ``k`` features pushing the churn score up most (positive SHAP
+        values) whose sentence is true for the customer, as readable strings (see
+        :func:`crmkit.models.churn_reasons.explain_reasons`)."""
         return explain_reasons(X, self.shap_values(X), k=k)
-
-
-# --------------------------------------------------------------------------------------------
-# readable reasons
-# --------------------------------------------------------------------------------------------
-
-
-def _n(v: float) -> str:
-    return f"{v:,.0f}"
-
-
-def _count(v: float, noun: str) -> str:
-    return f"{v:,.0f} {noun}" + ("" if round(v) == 1 else "s")
-
-
-def _money(v: float) -> str:
-    return f"{v:,.2f}"
-
-
-#: Row-independent descriptions of single-valued features (``describe_feature``).
-_SIMPLE_FORMATS: dict[str, Callable[[float], str]] = {
-    "tenure_days": lambda x: f"customer for {_n(x)} days",
-    "active_span_days": lambda x: f"{_n(x)} days between first and last purchase",
-    "n_purchase_days": lambda x: f"only {_count(x, 'purchase day')} so far",
-    "n_orders": lambda x: f"only {_count(x, 'order')} so far",
-    "orders_per_month": lambda x: f"{x:.2f} orders per month",
-    "total_items": lambda x: f"{_count(x, 'item')} bought in total",
-    "total_spend": lambda x: f"total spend {_money(x)}",
-    "rfm_score": lambda x: f"RFM score {_n(x)} of 15",
-    "mean_basket_size": lambda x: f"{x:.1f} items per order",
-    "mean_basket_value": lambda x: f"average order value {_money(x)}",
-    "monetary_value": lambda x: f"average repeat purchase value {_money(x)}",
-    "has_repeat": lambda x: "never bought twice" if x == 0 else "repeat buyer",
-    "gap_mean_days": lambda x: f"usually buys every {_n(x)} days",
-    "gap_std_days": lambda x: f"irregular buyer (gaps vary by {_n(x)} days)",
-    "distinct_products": lambda x: f"bought only {_count(x, 'different product')}",
-    "distinct_categories": lambda x: f"bought from only {_count(x, 'category')}".replace(
-        "categorys", "categories"
-    ),
-    "return_rate": lambda x: f"{x:.0%} of orders with returns",
-    "cancellation_rate": lambda x: f"{x:.0%} of orders cancelled",
-    "share_spend_q4": lambda x: f"{x:.0%} of spend in October-December",
-    "share_orders_q4": lambda x: f"{x:.0%} of orders in October-December",
-    "bg_p_alive": lambda x: f"BG/NBD: {x:.0%} chance still a customer",
-    "window_q4_share": lambda x: f"{x:.0%} of the coming days fall in October-December",
-}
-
-
-def describe_feature(name: str, row: Mapping[str, Any]) -> str:
-    """One customer's value of a feature in words (``row`` maps feature names to values),
-    e.g. ``"no purchase for 120 days (usual gap 35)"``."""
-    if name in ("recency_days", "days_overdue", "overdue_ratio", "r_score"):
-        rec = float(row.get("recency_days", np.nan))
-        if row.get("has_repeat", 1) == 0 or row.get("n_purchase_days", 2) < 2:
-            return f"no purchase for {_n(rec)} days (bought only once)"
-        gap = float(row.get("gap_mean_days", np.nan))
-        return f"no purchase for {_n(rec)} days (usual gap {_n(gap)})"
-    v = row.get(name)
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return f"{name} unknown"
-    m = re.fullmatch(r"(orders|items|spend)_(\d+)d", name)
-    if m:
-        what, w = m.groups()
-        if float(row.get(f"orders_{w}d", v)) == 0:
-            return f"no purchases in the last {w} days"
-        if what == "spend":
-            return f"spent only {_money(float(v))} in the last {w} days"
-        return f"only {_count(float(v), what[:-1])} in the last {w} days"
-    m = re.fullmatch(r"(orders|spend)_trend_(\d+)d", name)
-    if m:
-        what, w = m.groups()
-        now = row.get(f"{what}_{w}d")
-        label = "orders" if what == "orders" else "spend"
-        if float(v) <= -0.999:
-            return f"no {label} in the last {w} days after some in the {w} days before"
-        if float(v) < 0:
-            return f"{label} down in the last {w} days vs the {w} days before"
-        if now is not None and float(now) == 0:
-            return f"no {label} in the last {w} days"
-        return f"{label} not growing in the last {w} days"
-    m = re.fullmatch(r"(orders|bought)_same_(\d+)d_last_year", name)
-    if m:
-        orders = row.get(f"orders_same_{m.group(2)}d_last_year", v)
-        return f"{_n(float(orders))} orders in the same {m.group(2)} days last year"
-    m = re.fullmatch(r"bg_expected_purchases_(\d+)d", name)
-    if m:
-        return f"BG/NBD expects {float(v):.2f} purchases in the next {m.group(1)} days"
-    m = re.fullmatch(r"bg_p_no_purchase_(\d+)d", name)
-    if m:
-        return f"BG/NBD: {float(v):.0%} chance of no purchase in the next {m.group(1)} days"
-    simple: dict[str, Callable[[Any], str]] = {
-        **_SIMPLE_FORMATS,
-        "f_score": lambda x: (
-            f"only {_count(float(row.get('n_orders', np.nan)), 'order')} so far (F score {_n(x)}/5)"
-        ),
-        "m_score": lambda x: (
-            f"total spend {_money(row.get('total_spend', np.nan))} (M score {_n(x)}/5)"
-        ),
-    }
-    if name in simple:
-        try:
-            return simple[name](float(v))
-        except (TypeError, ValueError):
-            pass
-    if name == "country":
-        return f"based in {v}"
-    if name == "channel":
-        return f"usually orders via {v}"
-    if isinstance(v, int | float | np.integer | np.floating):
-        return f"{name} = {float(v):.3g}"
-    return f"{name} = {v}"
-
-
-_RECENCY_NAMES = ("recency_days", "days_overdue", "overdue_ratio", "r_score")
-
-
-def _floats(a: Any) -> np.ndarray:
-    return np.asarray(a, dtype=np.float64)
-
-
-def describe_column(name: str, col: Callable[[str], Any], n: int) -> list[str]:
-    """:func:`describe_feature` for ``n`` rows at once: ``col(c)`` returns the rows' values of
-    feature ``c`` as an array (``None`` when there is no such feature). Same text as
-    :func:`describe_feature` row by row (tested), with the branching done once per column."""
-    if name in _RECENCY_NAMES:
-        rec = col("recency_days")
-        rec = np.full(n, np.nan) if rec is None else _floats(rec)
-        hr, npd, gap = col("has_repeat"), col("n_purchase_days"), col("gap_mean_days")
-        once = np.zeros(n, dtype=bool)
-        if hr is not None:
-            once |= _floats(hr) == 0
-        if npd is not None:
-            once |= _floats(npd) < 2
-        gap = np.full(n, np.nan) if gap is None else _floats(gap)
-        return [
-            f"no purchase for {_n(r)} days (bought only once)"
-            if o
-            else f"no purchase for {_n(r)} days (usual gap {_n(g)})"
-            for r, o, g in zip(rec.tolist(), once.tolist(), gap.tolist())
-        ]
-    v = col(name)
-    if v is None:
-        return [f"{name} unknown"] * n
-    v = np.asarray(v, dtype=object) if not isinstance(v, np.ndarray) else v
-    numeric = v.dtype.kind in "biuf"
-    if not numeric:
-        # text / category values: row by row (few such columns)
-        out = []
-        for x in v.tolist():
-            if x is None or (isinstance(x, float) and math.isnan(x)) or x is pd.NA:
-                out.append(f"{name} unknown")
-            else:
-                out.append(describe_feature(name, {name: x}))
-        return out
-    fv = v.astype(np.float64)
-    unknown = np.isnan(fv)
-    texts = _describe_numeric(name, fv, col, n)
-    return [f"{name} unknown" if u else t for u, t in zip(unknown.tolist(), texts)]
-
-
-def _describe_numeric(name: str, v: np.ndarray, col: Callable[[str], Any], n: int) -> list[str]:
-    def other(c: str, default: np.ndarray | float) -> np.ndarray:
-        x = col(c)
-        if x is None:
-            return np.broadcast_to(np.asarray(default, dtype=np.float64), (n,))
-        return _floats(x)
-
-    vl = v.tolist()
-    m = re.fullmatch(r"(orders|items|spend)_(\d+)d", name)
-    if m:
-        what, w = m.groups()
-        none = (other(f"orders_{w}d", v) == 0).tolist()
-        if what == "spend":
-            return [
-                f"no purchases in the last {w} days"
-                if z
-                else f"spent only {_money(x)} in the last {w} days"
-                for z, x in zip(none, vl)
-            ]
-        noun = what[:-1]
-        return [
-            f"no purchases in the last {w} days"
-            if z
-            else f"only {_count(x, noun)} in the last {w} days"
-            for z, x in zip(none, vl)
-        ]
-    m = re.fullmatch(r"(orders|spend)_trend_(\d+)d", name)
-    if m:
-        what, w = m.groups()
-        label = "orders" if what == "orders" else "spend"
-        now = col(f"{what}_{w}d")
-        now_l = [None] * n if now is None else _floats(now).tolist()
-        out = []
-        for x, z in zip(vl, now_l):
-            if x <= -0.999:
-                out.append(f"no {label} in the last {w} days after some in the {w} days before")
-            elif x < 0:
-                out.append(f"{label} down in the last {w} days vs the {w} days before")
-            elif z is not None and z == 0:
-                out.append(f"no {label} in the last {w} days")
-            else:
-                out.append(f"{label} not growing in the last {w} days")
-        return out
-    m = re.fullmatch(r"(orders|bought)_same_(\d+)d_last_year", name)
-    if m:
-        w = m.group(2)
-        orders = other(f"orders_same_{w}d_last_year", v).tolist()
-        return [f"{_n(o)} orders in the same {w} days last year" for o in orders]
-    m = re.fullmatch(r"bg_expected_purchases_(\d+)d", name)
-    if m:
-        return [f"BG/NBD expects {x:.2f} purchases in the next {m.group(1)} days" for x in vl]
-    m = re.fullmatch(r"bg_p_no_purchase_(\d+)d", name)
-    if m:
-        return [f"BG/NBD: {x:.0%} chance of no purchase in the next {m.group(1)} days" for x in vl]
-    if name == "f_score":
-        orders = other("n_orders", np.nan).tolist()
-        return [f"only {_count(o, 'order')} so far (F score {_n(x)}/5)" for o, x in zip(orders, vl)]
-    if name == "m_score":
-        spend = other("total_spend", np.nan).tolist()
-        return [f"total spend {_money(t)} (M score {_n(x)}/5)" for t, x in zip(spend, vl)]
-    if name in _SIMPLE_FORMATS:
-        f = _SIMPLE_FORMATS[name]
-        return [f(x) for x in vl]
-    if name == "country":
-        return [f"based in {x}" for x in vl]
-    if name == "channel":
-        return [f"usually orders via {x}" for x in vl]
-    return [f"{name} = {x:.3g}" for x in vl]
-
-
-def explain_reasons(features: pd.DataFrame, contributions: pd.DataFrame, k: int = 3) -> pd.Series:
-    """Per row, the ``k`` features with the largest positive contributions (SHAP values,
-    pushing churn up), described by :func:`describe_feature`; fewer when fewer push up.
-    Related features (recency, days overdue, overdue ratio) are described once.
-
-    Vectorised: each candidate feature is described for all rows that need it at once
-    (:func:`describe_column`), then each row keeps its first ``k`` distinct texts."""
-    cols = [c for c in contributions.columns if c != "bias"]
-    vals = contributions[cols].to_numpy(dtype=np.float64)
-    n = len(features)
-    width = max(3 * k, k)
-    order = np.argsort(-vals, axis=1, kind="stable")[:, :width]
-    top = np.take_along_axis(vals, order, axis=1)
-    positive = top > 0
-    texts = np.empty(order.shape, dtype=object)
-    arrays: dict[str, np.ndarray] = {}
-
-    def column(c: str) -> np.ndarray | None:
-        if c not in features.columns:
-            return None
-        if c not in arrays:
-            s = features[c]
-            arrays[c] = (
-                s.to_numpy(dtype=np.float64, na_value=np.nan)
-                if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)
-                else s.astype(object).to_numpy()
-            )
-        return arrays[c]
-
-    for j in np.unique(order[positive]) if n else []:
-        rows, pos = np.nonzero((order == j) & positive)
-
-        def col(c: str, rows: np.ndarray = rows) -> Any:
-            a = column(c)
-            return None if a is None else a[rows]
-
-        texts[rows, pos] = describe_column(cols[j], col, len(rows))
-    out = []
-    pos_l = positive.tolist()
-    txt_l = texts.tolist()
-    for i in range(n):
-        reasons: list[str] = []
-        for p, t in zip(pos_l[i], txt_l[i]):
-            if not p or len(reasons) >= k:
-                break
-            if t not in reasons:
-                reasons.append(t)
-        out.append(reasons)
-    return pd.Series(out, index=features.index, name="top_reasons", dtype=object)
 
 
 # --------------------------------------------------------------------------------------------

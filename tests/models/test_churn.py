@@ -364,7 +364,9 @@ def test_readable_reasons():
     assert describe_feature("spend_90d", {**once, "spend_90d": 0.0}) == (
         "no purchases in the last 90 days"
     )
-    assert describe_feature("orders_30d", {"orders_30d": 1}) == "only 1 order in the last 30 days"
+    assert describe_feature("orders_30d", {"orders_30d": 1, "orders_trend_30d": -0.5}) == (
+        "only 1 order in the last 30 days"
+    )
     assert describe_feature("bg_p_no_purchase_90d", {"bg_p_no_purchase_90d": 0.81}) == (
         "BG/NBD: 81% chance of no purchase in the next 90 days"
     )
@@ -713,9 +715,14 @@ def test_online_retail_scorer_round_trip(or_result, or_lines, tmp_path):
 
 
 def _reasons_row_by_row(features, contributions, k=3):
-    """The reference: describe_feature on every row's candidates, one by one."""
+    """The reference: describe_feature on every row's candidates, one by one (those with a
+    true sentence, up to 3 k of them)."""
     cols = [c for c in contributions.columns if c != "bias"]
-    vals = contributions[cols].to_numpy(dtype=np.float64)
+    vals = contributions[cols].to_numpy(dtype=np.float64).copy()
+    for i, rec in enumerate(features.to_dict("records")):
+        for j, c in enumerate(cols):
+            if describe_feature(c, rec) is None:
+                vals[i, j] = -np.inf
     order = np.argsort(-vals, axis=1, kind="stable")[:, : 3 * k]
     out = []
     for i, rec in enumerate(features.to_dict("records")):
@@ -724,6 +731,8 @@ def _reasons_row_by_row(features, contributions, k=3):
             if vals[i, j] <= 0 or len(reasons) >= k:
                 break
             text = describe_feature(cols[j], rec)
+            if text is None:  # not true / meaningful for this customer: skipped
+                continue
             if text not in reasons:
                 reasons.append(text)
         out.append(reasons)
