@@ -5,9 +5,17 @@ the earlier ones left:
 
 1. ``invalid_values`` - missing timestamp, missing / infinite / zero quantity, missing or
    infinite price: the line cannot be used. Always on.
+   ``order_status`` (only when the file has a status column, e.g. Shopify's ``Financial
+   Status`` / ``Cancelled at``, WooCommerce's ``Order Status``, Magento's / Shopware's
+   ``status``) - lines of orders refunded, voided, pending, cancelled or failed
+   (``excluded_statuses``): not purchases. Partially refunded orders are kept at full price
+   and counted in a note (:mod:`crmkit.data.orders`).
 2. ``missing_customer_id`` - guest or unidentified lines (drop).
 3. ``cancellations`` - lines of cancelled orders, marked by an order-id prefix (Online
-   Retail's ``C``), and 4. ``returns`` - other lines with a negative quantity.
+   Retail's ``C``) where the data shows that convention (``cancellation_convention: auto``:
+   the prefixed ids are otherwise shaped like the file's order ids and their quantities are
+   negative; ``CA-2019-103800`` or ``CUST-17`` are ordinary orders), and 4. ``returns`` -
+   other lines with a negative quantity.
    ``returns: drop`` removes both (the original purchase keeps counting in spend);
    ``returns: net`` keeps them as negative lines, so a return reduces the customer's spend
    (purchase counts use positive lines only).
@@ -24,7 +32,9 @@ the earlier ones left:
 
 The report gives, per rule, how many input lines match it on their own (``matched_in_input``),
 how many it dropped or changed in sequence, the customers affected and lost, and the spend it
-removed; the totals reconcile: ``revenue_in = revenue_out + sum(amount_dropped)``.
+removed; the totals reconcile: ``revenue_in = revenue_out + sum(amount_dropped)``. A rule
+that removes more than 1 % of the revenue or 5 % of the lines is also a warning
+(``QualityReport.warnings``), printed at the end of a run and tagged on its MLflow run.
 """
 
 from __future__ import annotations
@@ -41,6 +51,13 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from crmkit.data.io import RawLines, load_transactions
+from crmkit.data.orders import (
+    NOT_PURCHASE_STATUSES,
+    cancellation_convention,
+    rejected_note,
+    status_mask,
+)
+from crmkit.data.report_warnings import rule_warnings
 from crmkit.errors import ConfigError
 
 __all__ = [
@@ -88,6 +105,8 @@ class CleaningConfig(BaseModel):
     drop_missing_customer_id: bool = True
     returns: Literal["drop", "net"] = "drop"
     cancellation_prefixes: tuple[str, ...] = ("C",)
+    cancellation_convention: Literal["auto", "always"] = "auto"
+    excluded_statuses: tuple[str, ...] = NOT_PURCHASE_STATUSES
     drop_non_positive_price: bool | Literal["auto"] = "auto"
     drop_non_product_lines: bool = True
     non_product_codes: tuple[str, ...] = DEFAULT_NON_PRODUCT_CODES
@@ -141,6 +160,7 @@ _RULE_DESCRIPTIONS = {
     "invalid_values": (
         "missing timestamp, missing/infinite/zero quantity, missing/infinite price or line amount"
     ),
+    "order_status": "order {statuses}: not a purchase",
     "missing_customer_id": "no customer id (guest or unidentified lines)",
     "cancellations": "lines of cancelled orders (order id prefix {prefixes})",
     "returns": "other lines with a negative quantity",
@@ -172,6 +192,11 @@ class QualityReport:
     level: str = "product"
     notes: list[str] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.warnings:
+            self.warnings = rule_warnings(self.rules, self.totals)
 
     def rule(self, name: str) -> pd.Series:
         """The report row of one rule."""
@@ -190,6 +215,7 @@ class QualityReport:
             "totals": {k: _plain(v) for k, v in self.totals.items()},
             "rules": [{k: _plain(v) for k, v in r.items()} for r in rules.to_dict("records")],
             "notes": list(self.notes),
+            "warnings": list(self.warnings),
             "config": {k: _plain(v) for k, v in self.config.items()},
         }
 
@@ -224,6 +250,8 @@ class QualityReport:
         )
         for n in self.notes:
             lines.append(f"  note: {n}")
+        for w in self.warnings:
+            lines.append(f"  WARNING: {w}")
         return "\n".join(lines)
 
 
@@ -281,9 +309,18 @@ class RulePlan:
     descriptions: dict[str, str]
 
 
-def rule_plan(cfg: CleaningConfig, *, has_products: bool, derived_orders: bool) -> RulePlan:
+def rule_plan(
+    cfg: CleaningConfig,
+    *,
+    has_products: bool,
+    derived_orders: bool,
+    has_status: bool = False,
+    rejected_prefixes: tuple[str, ...] = (),
+) -> RulePlan:
     """The action and description of every rule for lines with or without products and with
-    order ids from the file or derived (customer-day)."""
+    order ids from the file or derived (customer-day); ``order_status`` only for lines with a
+    status column; ``cancellations`` skipped when the data contradicts every configured
+    prefix (``rejected_prefixes``, :func:`crmkit.data.orders.cancellation_convention`)."""
     zero_is_purchase = cfg.drop_non_positive_price == "auto" and not has_products
     price_rule = (
         "negative unit price (zero-value orders kept: order-level log)"
@@ -294,10 +331,16 @@ def rule_plan(cfg: CleaningConfig, *, has_products: bool, derived_orders: bool) 
     if drop_dups == "auto":
         drop_dups = not derived_orders
     ret_action = "drop" if cfg.returns == "drop" else "net (reduce spend)"
+    prefixes = [p for p in cfg.cancellation_prefixes if p not in rejected_prefixes]
     actions = {
         "invalid_values": "drop",
+        "order_status": "drop" if cfg.excluded_statuses else "keep",
         "missing_customer_id": "drop" if cfg.drop_missing_customer_id else "keep",
-        "cancellations": ret_action,
+        "cancellations": (
+            ret_action
+            if prefixes or not rejected_prefixes
+            else "skipped (no prefix convention in the data)"
+        ),
         "returns": ret_action,
         "non_positive_price": "drop" if cfg.drop_non_positive_price else "keep",
         "non_product_lines": (
@@ -310,13 +353,17 @@ def rule_plan(cfg: CleaningConfig, *, has_products: bool, derived_orders: bool) 
         ),
         "after_analysis_date": "drop" if cfg.as_of is not None else "skipped (no as_of)",
     }
+    if not has_status:
+        del actions["order_status"]
     descriptions = {
         rule: text.format(
-            prefixes=list(cfg.cancellation_prefixes),
+            prefixes=prefixes if rejected_prefixes else list(cfg.cancellation_prefixes),
+            statuses=", ".join(cfg.excluded_statuses),
             as_of=cfg.as_of if cfg.as_of else None,
             price_rule=price_rule,
         )
         for rule, text in _RULE_DESCRIPTIONS.items()
+        if rule in actions
     }
     return RulePlan(zero_is_purchase, actions, descriptions)
 
@@ -376,15 +423,30 @@ def clean_lines(
         | ~np.isfinite(price)
         | ~np.isfinite(amount)  # e.g. quantity x price overflowing
     )
+    has_status = "order_status" in df.columns
+    notes = list(data.notes)
+    if has_status:
+        masks["order_status"], note = status_mask(df["order_status"], cfg.excluded_statuses)
+        notes += [note] if note else []
+        df = df.drop(columns="order_status")
     masks["missing_customer_id"] = cust.isna().to_numpy()
-    prefixes = tuple(cfg.cancellation_prefixes)
+    prefixes, rejected = tuple(cfg.cancellation_prefixes), ()
+    if prefixes and cfg.cancellation_convention == "auto":
+        prefixes, rejected = cancellation_convention(df["order_id"], qty, prefixes)
+        notes += [rejected_note(rejected)] if rejected else []
     cancel = np.zeros(n, dtype=bool)
     if prefixes:
         cancel = df["order_id"].str.startswith(prefixes).fillna(False).to_numpy(dtype=bool)
     masks["cancellations"] = cancel
     masks["returns"] = (qty < 0) & ~cancel
     derived_orders = not data.columns or "order_id" not in data.columns.values()
-    plan = rule_plan(cfg, has_products=has_products, derived_orders=derived_orders)
+    plan = rule_plan(
+        cfg,
+        has_products=has_products,
+        derived_orders=derived_orders,
+        has_status=has_status,
+        rejected_prefixes=rejected,
+    )
     masks["non_positive_price"] = price < 0 if plan.zero_is_purchase else price <= 0
     if has_products:
         masks["non_product_lines"] = _non_product_mask(df["product_id"], cfg)
@@ -405,7 +467,7 @@ def clean_lines(
         return np.bincount(cust_codes[rows & has_cust], minlength=n_cust) > 0
 
     present = customers_with(keep)
-    for rule in _RULE_DESCRIPTIONS:
+    for rule in plan.actions:
         mask = masks.get(rule)
         desc = plan.descriptions[rule]
         rec = {
@@ -462,7 +524,7 @@ def clean_lines(
         totals=totals,
         source=data.source,
         level=data.level,
-        notes=list(data.notes),
+        notes=notes,
         config=cfg.model_dump(),
     )
     return CleanResult(lines=out, report=report, level=data.level)

@@ -20,16 +20,19 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from crmkit.data.orders import combine_status, fill_note, fill_order_fields
 from crmkit.data.output import staged_output, write_parquet
 from crmkit.data.parse import (
     _NA_STRINGS,
     parse_numbers,
     parse_timestamps,
 )
+from crmkit.data.presets import detect_preset, preset_mapping, resolve_preset
 from crmkit.data.schema import (
     CLEAN_COLUMNS,
     NUMERIC_COLUMNS,
     OPTIONAL_COLUMNS,
+    STATUS_COLUMNS,
     is_known_header,
     recognise_columns,
 )
@@ -410,6 +413,7 @@ def load_transactions(
     delimiter: str | None = None,
     sheet: str | int | None = None,
     names: list[str] | None = None,
+    preset: str | None = None,
 ) -> RawLines:
     """Load order lines from a file (CSV/TSV/text, optionally gzipped; Parquet; Excel) or a
     DataFrame into canonical columns.
@@ -428,10 +432,17 @@ def load_transactions(
         Excel sheet name or index (default: the first).
     names
         Column names for a file without a header row.
+    preset
+        A known shop export (:mod:`crmkit.data.presets`: shopify, woocommerce, magento,
+        shopware, online-retail) whose headers map the columns; ``mapping`` wins over it.
+        Without one, a file carrying a preset's signature headers gets that preset.
 
     Returns
     -------
     RawLines
+        Order-level fields written on an order's first line only are carried to its other
+        lines (:func:`crmkit.data.orders.fill_order_fields`, counted in ``notes``); status
+        columns become one ``order_status`` column for the ``order_status`` cleaning rule.
     """
     if isinstance(source, pd.DataFrame):
         if source.empty:
@@ -443,9 +454,18 @@ def load_transactions(
         )
         src = str(source)
 
+    notes: list[str] = []
+    chosen = resolve_preset(preset)
+    if chosen is None and not mapping:
+        chosen = detect_preset(table.columns)
+        if chosen is not None:
+            notes.append(f"preset: {chosen.name} (recognised from the file's headers)")
+    elif chosen is not None:
+        notes.append(f"preset: {chosen.name}")
+    if chosen is not None:
+        mapping = preset_mapping(table.columns, chosen, mapping)
     columns = recognise_columns(table.columns, mapping)
     by_canon = {v: k for k, v in columns.items()}
-    notes: list[str] = []
     if info.get("encoding"):
         notes.append(f"encoding: {info['encoding']}")
     if info.get("delimiter"):
@@ -503,8 +523,23 @@ def load_transactions(
     for col in OPTIONAL_COLUMNS:
         if col in by_canon:
             out[col] = _ids_to_text(table[by_canon[col]].reset_index(drop=True))
+    status = combine_status(
+        *(
+            _ids_to_text(table[by_canon[c]].reset_index(drop=True)) if c in by_canon else None
+            for c in STATUS_COLUMNS
+        ),
+        chosen.status_values if chosen is not None else None,
+    )
+    if status is not None:
+        out["order_status"] = status
+    if "order_id" in by_canon:
+        out, filled = fill_order_fields(out)
+        note = fill_note(filled)
+        if note:
+            notes.append(note)
 
     order = [c for c in CLEAN_COLUMNS if c in out]
+    order += ["order_status"] if status is not None else []
     return RawLines(
         frame=out[order],
         source=src,

@@ -15,7 +15,10 @@ column           required  meaning
 ===============  ========  =====================================================
 
 (*) one of ``unit_price`` (with ``quantity``) or ``amount`` is required. Optional descriptive
-columns: ``category``, ``product_name``, ``country``, ``channel``.
+columns: ``category``, ``product_name``, ``country``, ``channel``. Status columns, read for the
+``order_status`` cleaning rule and not carried into the cleaned lines: ``order_status`` (a
+shop's order or payment status, e.g. Shopify's ``Financial Status``) and ``cancelled_at``
+(a cancellation timestamp; any value marks the order cancelled).
 
 Headers are recognised case-, space- and punctuation-insensitively from :data:`HEADER_SYNONYMS`
 (UCI Online Retail / Online Retail II, CDNOW-style order logs and common shop exports).
@@ -34,6 +37,7 @@ __all__ = [
     "NUMERIC_COLUMNS",
     "HEADER_SYNONYMS",
     "CLEAN_COLUMNS",
+    "STATUS_COLUMNS",
     "normalise_header",
     "is_known_header",
     "recognise_columns",
@@ -55,7 +59,10 @@ NUMERIC_COLUMNS: tuple[str, ...] = ("quantity", "unit_price", "amount")
 #: Columns of the cleaned order lines crmkit writes (optional ones only when present).
 CLEAN_COLUMNS: tuple[str, ...] = (*CANONICAL_COLUMNS, "amount", *OPTIONAL_COLUMNS)
 
-_KNOWN = (*CANONICAL_COLUMNS, "amount", *OPTIONAL_COLUMNS)
+#: Order status columns: read by the ``order_status`` rule, not part of the cleaned lines.
+STATUS_COLUMNS: tuple[str, ...] = ("order_status", "cancelled_at")
+
+_KNOWN = (*CANONICAL_COLUMNS, "amount", *OPTIONAL_COLUMNS, *STATUS_COLUMNS)
 
 #: Header spellings recognised without a mapping, after :func:`normalise_header`.
 HEADER_SYNONYMS: dict[str, tuple[str, ...]] = {
@@ -172,6 +179,8 @@ HEADER_SYNONYMS: dict[str, tuple[str, ...]] = {
     ),
     "country": ("country", "billingcountry", "shippingcountry", "countrycode"),
     "channel": ("channel", "saleschannel", "source", "sourcename"),
+    "order_status": ("orderstatus", "financialstatus", "paymentstatus", "status"),
+    "cancelled_at": ("cancelledat", "canceledat", "cancelleddate", "canceldate"),
 }
 
 _SYNONYM_TO_CANONICAL: dict[str, str] = {}

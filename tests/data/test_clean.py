@@ -19,7 +19,7 @@ ROWS = [
     ("c1", "o1", "2023-01-01 10:00:00", "p2", 1, 20.0),  # 2  20    kept
     ("c1", "o1", "2023-01-01 10:00:00", "p2", 1, 20.0),  # 3  20    exact_duplicates
     (NAN, "o2", "2023-01-02 09:00:00", "p1", 1, 5.0),  # 4   5    missing_customer_id
-    ("c2", "C3", "2023-01-03 11:00:00", "p1", -1, 5.0),  # 5  -5    cancellations
+    ("c2", "Co3", "2023-01-03 11:00:00", "p1", -1, 5.0),  # 5  -5    cancellations
     ("c2", "o4", "2023-01-03 12:00:00", "p3", -2, 4.0),  # 6  -8    returns
     ("c2", "o5", "2023-01-04 13:00:00", "p1", 1, 0.0),  # 7   0    non_positive_price
     ("c3", "o6", "2023-01-05 14:00:00", "POST", 1, 3.95),  # 8  3.95  non_product_lines
@@ -122,7 +122,10 @@ def test_net_mode_makes_positive_cancellation_lines_negative():
         [("c1", "o1", "2023-01-01", "p1", 2, 5.0), ("c1", "C1", "2023-01-02", "p1", 2, 5.0)],
         columns=COLS,
     )
-    out = clean_lines(load_transactions(frame), {"returns": "net"}).lines
+    # an export writing cancellations with positive quantities: the prefix is configured as
+    # the shop's convention ("always"), as the data alone does not show it
+    cfg = {"returns": "net", "cancellation_convention": "always"}
+    out = clean_lines(load_transactions(frame), cfg).lines
     assert out["amount"].tolist() == [10.0, -10.0]
 
 
@@ -160,7 +163,11 @@ def test_custom_non_product_codes_and_prefixes():
     )
     res = clean_lines(
         load_transactions(frame),
-        {"non_product_patterns": ["^SHIP-"], "cancellation_prefixes": ["R-"]},
+        {
+            "non_product_patterns": ["^SHIP-"],
+            "cancellation_prefixes": ["R-"],
+            "cancellation_convention": "always",
+        },
     )
     t = _table(res.report)
     assert t.loc["non_product_lines", "rows_dropped"] == 1
