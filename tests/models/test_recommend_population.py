@@ -89,6 +89,8 @@ def test_parts_with_population_stats_equal_the_whole(case):
     assert stats.segments is not None and len(stats.segments) == full["customer_id"].nunique()
     assert stats.clv_mean == pytest.approx(scores["clv"].mean(), rel=1e-12)
 
+    # bit for bit, by construction: a row's score does not depend on the rows scored with it
+    # (test_calibration_probability_of_a_row_does_not_depend_on_the_other_rows)
     bucket = _groups(lines["customer_id"], 5)
     rows = _groups(full["customer_id"], 5)
     parts, differs = [], 0
@@ -108,6 +110,24 @@ def test_parts_with_population_stats_equal_the_whole(case):
     # the streamed pieces and the statistics of the whole lines give the same lists
     again = rec.iter_recommend_for(lines, LATER, scores, population=stats)
     pd.testing.assert_frame_equal(pd.concat(list(again), ignore_index=True), full)
+
+
+def test_lists_built_in_chunks_of_customers_are_bit_identical(case, monkeypatch):
+    """In chunks of 97 customers (the bounded-memory path of large inputs) the lists are the
+    one-piece lists bit for bit, scores included: every score is computed row by row with
+    elementwise operations in a fixed order, so a row's value does not depend on the rows
+    around it (on an AVX-512 CPU the float32 ``X @ w`` of the calibration model did)."""
+    import crmkit.models.recommend as recommend
+
+    lines, rec, scores = case
+    one = rec.recommend_for(lines, LATER, scores)
+    monkeypatch.setattr(recommend, "CHUNK_CUSTOMERS", 97)
+    pieces = list(rec.iter_recommend_for(lines, LATER, scores))
+    assert len(pieces) == -(-one["customer_id"].nunique() // 97) > 8
+    pd.testing.assert_frame_equal(pd.concat(pieces, ignore_index=True), one, check_exact=True)
+    chunked = rec.recommend_for(lines, LATER, scores)
+    pd.testing.assert_frame_equal(chunked, one, check_exact=True)
+    assert len(one) > 5000 and one["score"].nunique() > 0.9 * len(one)
 
 
 @pytest.mark.parametrize("d", [7, 10])  # the unseen kinds' and the re-sell features
