@@ -17,7 +17,7 @@ from typing import Annotated, Optional
 import typer
 
 from crmkit import __version__
-from crmkit.errors import CrmkitError
+from crmkit.errors import CrmkitError, os_error_message
 
 app = typer.Typer(
     name="crmkit",
@@ -37,6 +37,26 @@ def _err(msg: str) -> None:
 
 def _info(msg: str) -> None:
     typer.echo(msg, err=True)
+
+
+def _check_date(value: str | None) -> str | None:
+    """Refuse a date option that is no calendar date (``2023-02-30``) or lies outside the
+    years crmkit represents, before any data is read."""
+    if value is None:
+        return None
+    import pandas as pd
+
+    from crmkit.errors import shorten
+
+    try:
+        ts = pd.Timestamp(value)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise typer.BadParameter(
+            f"{shorten(value)!r} is not a valid date ({exc}); give YYYY-MM-DD"
+        ) from None
+    if ts is pd.NaT or not 1678 <= ts.year <= 2261:
+        raise typer.BadParameter(f"{shorten(value)!r} is not a date between 1678 and 2261")
+    return value
 
 
 def _version(value: bool) -> None:
@@ -78,11 +98,38 @@ NamesOpt = Annotated[
 ]
 
 
-def _data_overrides(map_: list[str] | None, names: str | None) -> dict[str, object]:
+PresetOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        help="A known shop export: shopify, woocommerce, magento, shopware, online-retail "
+        "(maps its columns; --map wins). Stored with a trained model, so score needs it not."
+    ),
+]
+
+
+def _data_overrides(
+    map_: list[str] | None, names: str | None, preset: str | None = None
+) -> dict[str, object]:
     return {
         "columns": _parse_map(map_) or None,
         "names": [n.strip() for n in names.split(",")] if names else None,
+        "preset": preset,
     }
+
+
+_QUALITY_WARNINGS: list[str] = []
+
+
+def _defer_warnings(report) -> None:  # noqa: ANN001
+    """Keep the data-quality warnings of ``report``: :func:`main` prints them on stderr when
+    the command has succeeded, after everything else it printed."""
+    _QUALITY_WARNINGS.extend(getattr(report, "warnings", None) or [])
+
+
+def _print_warnings() -> None:
+    for w in _QUALITY_WARNINGS:
+        typer.secho(f"warning: {w}", fg=typer.colors.YELLOW, err=True)
+    _QUALITY_WARNINGS.clear()
 
 
 def _parse_map(items: list[str] | None) -> dict[str, str]:
@@ -135,9 +182,11 @@ def simulate(
 def _write_simulation(res, out, fmt, staged_output, write_parquet) -> Path:  # noqa: ANN001
     import json
 
+    from crmkit.data.output import write_csv
+
     with staged_output(out) as stage:
         if fmt == "csv":
-            res.lines.to_csv(stage / "lines.csv", index=False, date_format="%Y-%m-%d %H:%M:%S")
+            write_csv(res.lines, stage / "lines.csv", date_format="%Y-%m-%d %H:%M:%S")
         else:
             write_parquet(res.lines, stage / "lines.parquet")
         (stage / "truth.json").write_text(
@@ -174,9 +223,12 @@ def validate(
         Optional[str],  # noqa: UP045
         typer.Option(help="Comma-separated column names for a file without a header row."),
     ] = None,
+    preset: PresetOpt = None,
     as_of: Annotated[
         Optional[str],  # noqa: UP045
-        typer.Option(help="Analysis date: lines after it are dropped (and counted)."),
+        typer.Option(
+            help="Analysis date: lines after it are dropped (and counted).", callback=_check_date
+        ),
     ] = None,
     returns: Annotated[
         Optional[str], typer.Option(help="drop (default) or net: returns reduce spend.")  # noqa: UP045
@@ -212,6 +264,7 @@ def validate(
                 "delimiter": delimiter,
                 "sheet": sheet,
                 "names": [n.strip() for n in names.split(",")] if names else None,
+                "preset": preset,
             },
             "cleaning": {"as_of": as_of, "returns": returns},
         },
@@ -219,6 +272,7 @@ def validate(
     t0 = time.perf_counter()
     _info(f"validating {data} ...")
     result = run_validate(data, out, cfg)
+    _defer_warnings(result.report)
     typer.echo(result.report.render())
     _info(f"wrote {out / LINES_FILE} and {out / REPORT_FILE} in {time.perf_counter() - t0:.1f} s")
 
@@ -229,7 +283,7 @@ def features(
     out: OutOpt,
     as_of: Annotated[
         Optional[str],  # noqa: UP045
-        typer.Option(help="Analysis date (default: the last day with data)."),
+        typer.Option(help="Analysis date (default: the last day with data).", callback=_check_date),
     ] = None,
     unit: Annotated[
         Optional[str],  # noqa: UP045
@@ -237,6 +291,7 @@ def features(
     ] = None,
     map_: MapOpt = None,
     names: NamesOpt = None,
+    preset: PresetOpt = None,
     config: ConfigOpt = None,
     engine: Annotated[
         str,
@@ -261,7 +316,8 @@ def features(
     from crmkit.pipelines.validate import load_and_clean
 
     cfg = load_config(
-        config, overrides={"features": {"unit": unit}, "data": _data_overrides(map_, names)}
+        config,
+        overrides={"features": {"unit": unit}, "data": _data_overrides(map_, names, preset)},
     )
     t0 = time.perf_counter()
     if engine == "spark":
@@ -281,6 +337,7 @@ def features(
         return
     _info(f"[1/2] loading and cleaning {data}")
     cleaned = load_and_clean(data, cfg)
+    _defer_warnings(cleaned.report)
     _info(f"      {len(cleaned.lines):,} clean order lines")
     _info("[2/2] computing customer features")
     res = run_features(
@@ -303,6 +360,7 @@ def _load_clean(data: Path, cfg):  # noqa: ANN001, ANN202
 
     _info(f"loading and cleaning {data}")
     cleaned = load_and_clean(data, cfg)
+    _defer_warnings(cleaned.report)
     _info(f"      {len(cleaned.lines):,} clean order lines")
     return cleaned
 
@@ -311,13 +369,22 @@ TrackingOpt = Annotated[
     Optional[str],  # noqa: UP045
     typer.Option(help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlruns)."),
 ]
+ProjectOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        help="The shop's project name: one registered model crmkit-PROJECT and one champion "
+        "per shop (registry.project)."
+    ),
+]
 AsOfOpt = Annotated[
     Optional[str],  # noqa: UP045
-    typer.Option(help="Analysis date (default: the last day with data)."),
+    typer.Option(help="Analysis date (default: the last day with data).", callback=_check_date),
 ]
 HoldoutOpt = Annotated[
     Optional[str],  # noqa: UP045
-    typer.Option(help="Evaluate on the data after --as-of up to this date."),
+    typer.Option(
+        help="Evaluate on the data after --as-of up to this date.", callback=_check_date
+    ),
 ]
 
 
@@ -339,6 +406,7 @@ def clv(
     ] = None,
     map_: MapOpt = None,
     names: NamesOpt = None,
+    preset: PresetOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Probabilistic CLV: BG/NBD (or MBG/NBD, Pareto/NBD) and Gamma-Gamma.
@@ -355,7 +423,7 @@ def clv(
         config,
         overrides={
             "clv": {"unit": unit, "horizon_periods": horizon, "model": model},
-            "data": _data_overrides(map_, names),
+            "data": _data_overrides(map_, names, preset),
         },
     )
     t0 = time.perf_counter()
@@ -390,6 +458,7 @@ def basket(
     ] = False,
     map_: MapOpt = None,
     names: NamesOpt = None,
+    preset: PresetOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Frequent itemsets and association rules (arules conventions).
@@ -408,7 +477,7 @@ def basket(
                 "min_confidence": min_confidence,
                 "level": level,
             },
-            "data": _data_overrides(map_, names),
+            "data": _data_overrides(map_, names, preset),
         },
     )
     t0 = time.perf_counter()
@@ -433,6 +502,7 @@ def recommend(
     holdout_end: HoldoutOpt = None,
     map_: MapOpt = None,
     names: NamesOpt = None,
+    preset: PresetOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Ranked cross-sell / up-sell / re-sell / reactivation lists per customer.
@@ -446,7 +516,11 @@ def recommend(
     from crmkit.pipelines.features import default_as_of
 
     cfg = load_config(
-        config, overrides={"recommend": {"top_n": top_n}, "data": _data_overrides(map_, names)}
+        config,
+        overrides={
+            "recommend": {"top_n": top_n},
+            "data": _data_overrides(map_, names, preset),
+        },
     )
     t0 = time.perf_counter()
     lines = _load_clean(data, cfg).lines
@@ -465,7 +539,11 @@ def recommend(
 
 AsOfOpt = Annotated[
     Optional[str],  # noqa: UP045
-    typer.Option("--as-of", help="Analysis date YYYY-MM-DD (default: the last day of the data)."),
+    typer.Option(
+        "--as-of",
+        help="Analysis date YYYY-MM-DD (default: the last day of the data).",
+        callback=_check_date,
+    ),
 ]
 
 
@@ -481,6 +559,7 @@ def churn(
     config: ConfigOpt = None,
     map_: MapOpt = None,
     names: NamesOpt = None,
+    preset: PresetOpt = None,
 ) -> None:
     """Train and evaluate the LightGBM churn model at --as-of and score its customers.
 
@@ -497,7 +576,10 @@ def churn(
 
     cfg = load_config(
         config,
-        overrides={"churn": {"window_days": window_days}, "data": _data_overrides(map_, names)},
+        overrides={
+            "churn": {"window_days": window_days},
+            "data": _data_overrides(map_, names, preset),
+        },
     )
     t0 = time.perf_counter()
     lines = _load_clean(data, cfg).lines
@@ -543,7 +625,9 @@ def train(
     as_of: AsOfOpt = None,
     map_: MapOpt = None,
     names: NamesOpt = None,
+    preset: PresetOpt = None,
     tracking_uri: TrackingOpt = None,
+    project: ProjectOpt = None,
     engine: Annotated[
         str,
         typer.Option(
@@ -568,9 +652,13 @@ def train(
     else:
         from crmkit.pipelines.train import run_train
 
-    cfg = load_config(config, overrides={"data": _data_overrides(map_, names)})
+    cfg = load_config(
+        config,
+        overrides={"data": _data_overrides(map_, names, preset), "registry": {"project": project}},
+    )
     t0 = time.perf_counter()
     res = run_train(data, cfg, as_of=as_of, tracking_uri=tracking_uri, progress=_info)
+    _defer_warnings(getattr(res, "quality", None))
     _print_train(res)
     _info(f"done in {time.perf_counter() - t0:.1f} s")
 
@@ -613,7 +701,9 @@ def score(
     ] = None,
     map_: MapOpt = None,
     names: NamesOpt = None,
+    preset: PresetOpt = None,
     tracking_uri: TrackingOpt = None,
+    project: ProjectOpt = None,
     engine: Annotated[
         str,
         typer.Option(
@@ -621,6 +711,14 @@ def score(
             "and the tables are written as Parquet data sets (docs/spark.md)."
         ),
     ] = "local",
+    trust_model_dir: Annotated[
+        bool,
+        typer.Option(
+            "--trust-model-dir",
+            help="Allow --model to be a local folder (or another non-registry URI): loading "
+            "it runs the Python code inside it. Its sha256 is printed and logged.",
+        ),
+    ] = False,
 ) -> None:
     """Score every customer with the registered model (the batch-scoring entry point).
 
@@ -635,14 +733,26 @@ def score(
 
     if engine not in ("local", "spark"):
         raise typer.BadParameter(f"must be local or spark, got {engine!r}", param_hint="--engine")
-    cfg = load_score_config(config, overrides={"data": _data_overrides(map_, names)})
+    cfg = load_score_config(config, overrides={"data": _data_overrides(map_, names, preset)})
+    if project is not None and model is None:  # the project's champion
+        from crmkit.pipelines.config import load_config
+
+        reg = load_config(None, overrides={"registry": {"project": project}}).registry
+        model = f"models:/{reg.model_name}@{reg.alias}"
     t0 = time.perf_counter()
     configure(tracking_uri, cfg.score.experiment)
     if engine == "spark":
         from crmkit.spark.pipeline import run_score as run_spark_score
 
         sres = run_spark_score(
-            data, out, model_uri=model, as_of=as_of, config=cfg, fmt=fmt, progress=_info
+            data,
+            out,
+            model_uri=model,
+            as_of=as_of,
+            config=cfg,
+            fmt=fmt,
+            progress=_info,
+            trust_model_dir=trust_model_dir,
         )
         s = sres.summary
         typer.echo(
@@ -661,7 +771,17 @@ def score(
             typer.secho(f"  note: {n}", fg=typer.colors.YELLOW)
         _info(f"wrote {out}/ in {time.perf_counter() - t0:.1f} s")
         return
-    res = run_score(data, out, model_uri=model, as_of=as_of, config=cfg, fmt=fmt, progress=_info)
+    res = run_score(
+        data,
+        out,
+        model_uri=model,
+        as_of=as_of,
+        config=cfg,
+        fmt=fmt,
+        progress=_info,
+        trust_model_dir=trust_model_dir,
+    )
+    _defer_warnings(res.quality)
     _print_score(res)
     _info(f"wrote {out}/ in {time.perf_counter() - t0:.1f} s")
 
@@ -749,10 +869,25 @@ def demo(
 
 def main() -> None:
     """Console-script entry point."""
+    from crmkit.signals import EXIT_CODE, Terminated, raise_on_sigterm
+
+    raise_on_sigterm()  # SIGTERM unwinds like Ctrl-C: MLflow runs FAILED, outputs kept
     try:
         app()
+    except SystemExit as exc:  # the end of every command run (click's standalone mode)
+        if not exc.code:
+            _print_warnings()
+        raise
+    except Terminated:
+        _err("terminated (SIGTERM): open MLflow runs are marked FAILED, --out is unchanged")
+        sys.exit(EXIT_CODE)
     except CrmkitError as exc:
         _err(str(exc))
+        sys.exit(2)
+    except OSError as exc:
+        # disk full, read-only or forbidden output folder, ...: the system's reason, no
+        # traceback (outputs are staged, so nothing half-written is left in --out)
+        _err(os_error_message(exc))
         sys.exit(2)
 
 

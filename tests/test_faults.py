@@ -4,7 +4,7 @@ One module-scoped fixture trains the customer scorer twice on the same data and 
 temporary SQLite store (versions 1 and 2, ``champion`` on 2). The faults:
 
 1. ``crmkit score`` killed with SIGKILL while it writes: the previous outputs stay
-   byte-identical, and the next run succeeds beside the killed run's staging folder;
+   byte-identical, and the next run succeeds and removes the killed run's staging folder;
 2. an interruption at every step of the output commit: the previous or the new output set,
    never a mix;
 3. two ``crmkit score`` processes scoring into different folders at once (both caught in
@@ -221,7 +221,8 @@ def test_sigkill_during_score_keeps_previous_outputs_and_next_run_succeeds(
     assert res.returncode == 0, res.stderr
     customers = pd.read_parquet(out / "customers.parquet")
     assert len(customers) == 30_000 and customers["customer_id"].str.startswith("BIG-").all()
-    assert _stagings(out) == stale  # its own staging folder is gone
+    # its own staging folder is gone, and so is the killed run's (removed under the lock)
+    assert _stagings(out) == []
 
 
 # --------------------------------------------------------------------------------------------
@@ -233,7 +234,7 @@ class _Died(BaseException):
 
 
 def test_interrupted_commit_leaves_previous_or_new_outputs_never_a_mix(tmp_path, monkeypatch):
-    import crmkit.data.io as io
+    import crmkit.data.output as io
 
     def previous_set(out: Path) -> None:
         if out.exists():

@@ -17,11 +17,12 @@ Inputs are the two tables of the batch-scoring job:
 Rules (:func:`assign_next_best_action`)
 ---------------------------------------
 Every customer gets exactly one action. The rules are evaluated in the order
-``NextBestActionConfig.priority`` (default below); the first rule a customer satisfies wins,
-and a customer no rule matches gets ``none``. Quantiles are taken over **all** customers of
-the table (``numpy.quantile``, linear interpolation; :func:`action_thresholds`, which can be
-computed once and passed in to assign a subset of customers exactly as the whole table) and
-every threshold is inclusive (``>=``) except the recommendation score floor (strictly above).
+``NextBestActionConfig.priority`` (default below); the first rule a customer satisfies
+**and whose expected value exceeds its cost** (``costs``, :mod:`crmkit.models.action_value`)
+wins, and a customer for whom no action matches and pays gets ``none``. Quantiles are taken
+over **all** customers of the table (``numpy.quantile``, linear interpolation;
+:func:`action_thresholds`, which can be computed once and passed in to assign a subset of
+customers exactly as the whole table) and every threshold is inclusive (``>=``) except the recommendation score floor (strictly above).
 Everything else is decided per customer, from their own row and recommendation rows.
 
 1. ``win_back`` - *lapsed*: ``segment`` in ``lapsed_segments`` [at_risk, hibernating, lost]
@@ -70,6 +71,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from crmkit.errors import DataContractError
+from crmkit.models.action_value import ActionCosts, action_pays, expected_values
 
 __all__ = [
     "ACTIONS",
@@ -173,6 +175,10 @@ class NextBestActionConfig(BaseModel):
         model's scored-customer rule, or no churn model at all) is replaced by ``1 - p_alive``
         in the high-risk test and the win-back value; ``error``: it raises
         :class:`~crmkit.errors.DataContractError`. Infinite values always raise.
+    costs
+        Per action, its ``contact`` cost and ``discount`` share
+        (:class:`~crmkit.models.action_value.ActionCosts`); an action is kept only when its
+        expected value exceeds its cost (:mod:`crmkit.models.action_value`).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -194,6 +200,7 @@ class NextBestActionConfig(BaseModel):
     min_recommendation_score: float = 0.0
     offer_choice: Literal["best_rank", "priority"] = "best_rank"
     missing_churn: Literal["p_alive", "error"] = "p_alive"
+    costs: ActionCosts = ActionCosts()
 
     @field_validator("priority")
     @classmethod
@@ -680,6 +687,9 @@ def assign_next_best_action(
         "replenishment": rec_score[due_row],
         **{k: rec_score[r] for k, r in offer_row.items()},
     }
+    # -- an action is kept only where its expected value exceeds its cost ------------------
+    for a, ev in expected_values(value_of, p_alive, churn).items():
+        eligible[a] = eligible[a] & action_pays(ev, getattr(cfg.costs, a))
 
     # -- first match wins -------------------------------------------------------------------
     code = np.full(n, len(ACTIONS) - 1, dtype=np.int64)  # none
@@ -835,6 +845,7 @@ def write_audiences(
         The ``index.json`` content.
     """
     from crmkit.data.io import staged_output, write_parquet
+    from crmkit.data.output import write_csv
 
     _check_write_args(audiences, fmt)
     frames: dict[str, pd.DataFrame] = {}
@@ -852,7 +863,7 @@ def write_audiences(
             if fmt == "parquet":
                 write_parquet(f, stage / name)
             else:
-                f.to_csv(stage / name, index=False, encoding="utf-8")
+                write_csv(f, stage / name)  # formula-like text cells neutralised
             manifest["actions"][a] = {
                 "file": name,
                 "rows": len(f),

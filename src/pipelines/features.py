@@ -13,6 +13,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from crmkit.data.io import staged_output, write_parquet
+from crmkit.data.output import write_csv
 from crmkit.errors import DataContractError
 
 __all__ = [
@@ -152,7 +153,7 @@ def write_features(result: FeaturesResult, out_dir: str | os.PathLike) -> None:
         cohorts.columns = [str(c) for c in cohorts.columns]
         cohorts.index = cohorts.index.astype(str)
         write_parquet(cohorts.reset_index(), stage / "cohorts.parquet")
-        result.segments.to_csv(stage / "segments.csv")
+        write_csv(result.segments, stage / "segments.csv", index=True)
         for name, ax in (
             ("cohort_heatmap.png", plot_cohort_heatmap(result.cohorts)),
             ("segment_sizes.png", plot_segment_sizes(result.segments)),

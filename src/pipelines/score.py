@@ -27,23 +27,40 @@ import pandas as pd
 
 from crmkit.errors import CrmkitError, DataContractError
 
-__all__ = ["ModelLoadError", "load_scorer", "score_frame", "run_score", "ScoreRun"]
+__all__ = [
+    "ModelLoadError",
+    "load_scorer",
+    "score_frame",
+    "run_score",
+    "ScoreRun",
+    "reading_options",
+]
 
 
 class ModelLoadError(CrmkitError):
     """The model URI cannot be resolved or loaded."""
 
 
-def load_scorer(model_uri: str) -> tuple[Any, dict[str, Any]]:
+def load_scorer(model_uri: str, *, trust_model_dir: bool = False) -> tuple[Any, dict[str, Any]]:
     """Load the :class:`~crmkit.pipelines.scorer.CustomerScorer` behind ``model_uri``
-    (``models:/name@alias``, ``models:/name/version``, ``runs:/...`` or a local folder).
-    Returns the scorer and ``{"uri", "name", "version", "run_id"}``.
+    (``models:/name@alias``, ``models:/name/version``, ``runs:/...``; a local folder or any
+    other URI only with ``trust_model_dir``: loading a model runs its code, see
+    :mod:`crmkit.pipelines.model_source`). Returns the scorer and ``{"uri", "name",
+    "version", "run_id", "sha256"}`` (``sha256``: the fingerprint of a local folder).
     Failures (unknown model, alias not set or pointing at a deleted version, unreachable
-    store) raise :class:`ModelLoadError` in plain words."""
+    store, an untrusted folder) raise :class:`ModelLoadError` in plain words."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    from crmkit.pipelines.model_source import check_model_source
+
     info: dict[str, Any] = {"uri": model_uri, "name": None, "version": None, "run_id": None}
+    try:
+        sha = check_model_source(model_uri, trust_model_dir=trust_model_dir)
+    except CrmkitError as exc:
+        raise ModelLoadError(str(exc)) from None
+    if sha is not None:
+        info["sha256"] = sha
     if model_uri.startswith(("models:/", "runs:/")):
         from crmkit.tracking import TrackingError, check_reachable
 
@@ -89,6 +106,17 @@ def load_scorer(model_uri: str) -> tuple[Any, dict[str, Any]]:
     return scorer, info
 
 
+def reading_options(trained: Any, config: Any = None) -> Any:
+    """The ``data:`` section to read a file to score: the one stored with the model at
+    training, with every key the caller's ``config.data`` sets explicitly (CLI flags, score
+    YAML) taking its place."""
+    given = getattr(config, "data", None) if config is not None else None
+    if given is None:
+        return trained
+    update = {k: getattr(given, k) for k in given.model_fields_set}
+    return trained.model_copy(update=update)
+
+
 def _first_line(exc: BaseException) -> str:
     msg = str(getattr(exc, "message", exc)) or type(exc).__name__
     return msg.strip().splitlines()[0]
@@ -132,13 +160,15 @@ def run_score(
     fmt: str | None = None,
     progress: Callable[[str], None] | None = None,
     track: bool = True,
+    trust_model_dir: bool = False,
 ) -> ScoreRun:
     """Score ``data`` with the registered model and write the outputs (module docstring).
 
     ``config`` (a :class:`~crmkit.pipelines.config.ScoreFileConfig` from
     ``pipelines/score.yaml``, or a whole :class:`~crmkit.pipelines.config.PipelineConfig`)
     only overrides how the file is read (``data:``) and the ``score:`` settings; the model brings its own cleaning,
-    feature and action settings so that scores match training.
+    feature and action settings so that scores match training. ``trust_model_dir`` allows
+    a model folder (``--trust-model-dir``; its fingerprint is printed and logged).
     """
     from crmkit.data.io import staged_output
     from crmkit.models.actions import build_audiences, write_audiences
@@ -155,13 +185,16 @@ def run_score(
         raise DataContractError(f"--format must be parquet or csv, got {fmt!r}", rule="format")
 
     say(f"loading model {uri}")
-    scorer, info = load_scorer(uri)
+    scorer, info = load_scorer(uri, trust_model_dir=trust_model_dir)
+    if info.get("sha256"):
+        say(f"model folder {uri}: sha256 {info['sha256']}")
     run_ctx = maybe_run(track, info)
     with run_ctx as run:
-        # how to read the file: the caller's data: section, else the training run's; the
-        # cleaning rules are always the model's
+        # how to read the file: the training run's data: section (mapping, preset, date
+        # format, delimiter, encoding, sheet, names), each key the caller sets (flags, score
+        # YAML) overriding it; the cleaning rules are always the model's
         read = scorer.config.model_copy(
-            update={"data": config.data if config is not None else scorer.config.data}
+            update={"data": reading_options(scorer.config.data, config)}
         )
         say(f"reading {data}")
         cleaned = load_and_clean(data, read)
@@ -186,6 +219,10 @@ def run_score(
             (stage / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", "utf-8")
             cleaned.report.to_json(stage / "quality_report.json")
         run_id = log_score_run(run, info, summary, fmt)
+        if run_id is not None:
+            from crmkit.pipelines.quality_tracking import tag_quality
+
+            tag_quality(cleaned.report, [run_id], log_report=True)
     return ScoreRun(output, cleaned.report, info, summary["audiences"], Path(out_dir), run_id)
 
 
@@ -203,6 +240,7 @@ def log_score_run(run: Any, info: dict[str, Any], summary: dict[str, Any], fmt: 
             "model_version": info["version"],
             "as_of": summary["as_of"],
             "format": fmt,
+            **({"model_dir_sha256": info["sha256"]} if info.get("sha256") else {}),
         }
     )
     mlflow.log_metrics(
@@ -220,10 +258,10 @@ def log_score_run(run: Any, info: dict[str, Any], summary: dict[str, Any], fmt: 
 
 
 def _write_frame(frame: pd.DataFrame, path: Path, fmt: str) -> None:
-    from crmkit.data.io import write_parquet
+    from crmkit.data.output import write_csv, write_parquet
 
     if fmt == "csv":
-        frame.to_csv(path, index=False)
+        write_csv(frame, path)
     else:
         write_parquet(frame, path)
 

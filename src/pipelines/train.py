@@ -45,6 +45,8 @@ import numpy as np
 import pandas as pd
 
 from crmkit.errors import DataContractError
+from crmkit.pipelines.registry import decide as _decide  # noqa: F401 - the gate, re-exported
+from crmkit.pipelines.registry import log_and_register
 
 __all__ = ["TrainResult", "run_train", "gate_metrics", "synthetic_input_example"]
 
@@ -138,64 +140,6 @@ def gate_metrics(
     return out
 
 
-def _decide(
-    challenger: dict[str, float],
-    champion: dict[str, float] | None,
-    names: list[str],
-    tolerance: float,
-) -> tuple[bool, list[dict[str, Any]], str]:
-    if champion is None:
-        return True, [], "no current champion: the new version becomes the champion"
-    rows = []
-    worse = []
-    for name in names:
-        a, b = challenger.get(name), champion.get(name)
-        if a is None or b is None:
-            rows.append({"metric": name, "challenger": a, "champion": b, "verdict": "n/a"})
-            continue
-        ok = a >= b - tolerance
-        rows.append(
-            {
-                "metric": name,
-                "challenger": a,
-                "champion": b,
-                "difference": a - b,
-                "verdict": "ok" if ok else "worse",
-            }
-        )
-        if not ok:
-            worse.append(name)
-    if not any(r["verdict"] != "n/a" for r in rows):
-        return False, rows, "no gate metric could be computed on this data: alias left as it is"
-    if worse:
-        return False, rows, f"worse than the champion on {', '.join(worse)}: alias left as it is"
-    return True, rows, "no gate metric is worse than the champion's: the new version is promoted"
-
-
-def _pip_requirements() -> list[str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    reqs = []
-    for pkg in (
-        "mlflow",
-        "pandas",
-        "numpy",
-        "scipy",
-        "scikit-learn",
-        "lightgbm",
-        "pyarrow",
-        "pydantic",
-        "mlxtend",
-        "matplotlib",
-        "pyyaml",
-    ):
-        try:
-            reqs.append(f"{pkg}=={version(pkg)}")
-        except PackageNotFoundError:
-            pass
-    return reqs
-
-
 def run_train(
     data: str | os.PathLike,
     config: Any,
@@ -256,6 +200,10 @@ def run_train(
             report = cleaned.report.to_dict()
             log_json(report, "quality_report.json")
             mlflow.log_metrics(_quality_metrics(report))
+            from crmkit.pipelines.quality_tracking import tag_quality
+
+            tag_quality(cleaned.report, [run.info.run_id])
+            tag_quality(cleaned.report, [parent.info.run_id], log_report=True)
         when = (
             pd.Timestamp(as_of).normalize()
             if as_of is not None
@@ -307,7 +255,16 @@ def run_train(
 
         # 6. bundle, register, gate
         scorer, version, promoted, gate = bundle_and_register(
-            lines, when, config, clv_state, churn_scorer, recommender, register, say, notes
+            lines,
+            when,
+            config,
+            clv_state,
+            churn_scorer,
+            recommender,
+            register,
+            say,
+            notes,
+            data_source=Path(data).name,
         )
         run_id = parent.info.run_id
     return TrainResult(
@@ -331,9 +288,11 @@ def log_segments(segments: pd.DataFrame, n_customers: int) -> None:
     ``customers`` metrics into the active (features) run."""
     import mlflow
 
+    from crmkit.data.output import write_csv
+
     seg = segments.copy()
     seg.index = seg.index.astype(str)
-    mlflow.log_text(seg.to_csv(), "features/segments.csv")
+    mlflow.log_text(write_csv(seg, None, index=True), "features/segments.csv")
     mlflow.log_metrics(
         {f"segment.{k}": int(v) for k, v in segments["customers"].items()}
         | {"customers": n_customers}
@@ -414,11 +373,14 @@ def bundle_and_register(
     register: bool,
     say: Callable[[str], None],
     notes: list[str],
+    *,
+    data_source: str | None = None,
 ) -> tuple[Any, str | None, bool, dict[str, Any]]:
     """Bundle the fitted parts into a :class:`CustomerScorer`, measure its gate metrics on
-    ``lines``, log (and register) it and run the champion gate, in the active parent run;
-    logs ``registry/gate.json`` and ``notes.json``. Returns the scorer, the version, whether
-    it was promoted, and the gate."""
+    ``lines``, log (and register) it and run the champion gate
+    (:mod:`crmkit.pipelines.registry`), in the active parent run; logs ``registry/gate.json``
+    and ``notes.json``. ``data_source`` (the file name) is tagged on the version. Returns the
+    scorer, the version, whether it was promoted, and the gate."""
     import mlflow
 
     from crmkit.pipelines.scorer import CustomerScorer
@@ -438,7 +400,9 @@ def bundle_and_register(
     mlflow.log_metrics({f"gate.challenger.{k}": v for k, v in challenger.items()})
 
     say("logging the model")
-    version, promoted, gate = _log_and_register(scorer, lines, when, config, register, say)
+    version, promoted, gate = log_and_register(
+        scorer, lines, when, config, register, say, data_source=data_source
+    )
     log_json(gate, "registry/gate.json")
     if gate.get("champion_metrics"):
         mlflow.log_metrics({f"gate.champion.{k}": v for k, v in gate["champion_metrics"].items()})
@@ -446,91 +410,6 @@ def bundle_and_register(
     mlflow.set_tag("crmkit.model_version", str(version))
     log_json({"notes": notes}, "notes.json")
     return scorer, version, promoted, gate
-
-
-def _log_and_register(
-    scorer: Any,
-    lines: pd.DataFrame,
-    when: pd.Timestamp,
-    config: Any,
-    register: bool,
-    say: Callable[[str], None],
-) -> tuple[str | None, bool, dict[str, Any]]:
-    import mlflow
-    from mlflow.models import infer_signature
-
-    from crmkit.pipelines.score import ModelLoadError, load_scorer, score_frame
-
-    reg = config.registry
-    # The input example: made-up lines in the columns the model was trained on, except
-    # ``amount`` (derived from quantity x unit_price when a file lacks it: optional).
-    example = synthetic_input_example([c for c in scorer.input_columns if c != "amount"])
-    params = {"as_of": "", "output": "customers"}
-    try:
-        out_example = score_frame(scorer, example).customers
-    except Exception:  # the signature then has no output schema
-        out_example = None
-    with warnings.catch_warnings():
-        # integer output columns (ranks, scores) never hold missing values here
-        warnings.filterwarnings("ignore", message=".*Inferred schema contains integer")
-        sig = infer_signature(example, out_example, params=params)
-    if "amount" in scorer.input_columns:
-        from mlflow.types.schema import ColSpec, Schema
-
-        sig.inputs = Schema([*sig.inputs.inputs, ColSpec("double", "amount", required=False)])
-    code = Path(__file__).with_name("scorer_model.py")
-    with tempfile.TemporaryDirectory(prefix="crmkit-bundle-") as tmp:
-        bundle = scorer.save(Path(tmp) / "bundle")
-        with warnings.catch_warnings():
-            # MLflow suggests type hints on predict; the signature below is explicit instead.
-            warnings.filterwarnings("ignore", message=r"(?s).*type hint.*predict")
-            info = mlflow.pyfunc.log_model(
-                name="customer_scorer",
-                python_model=str(code),
-                artifacts={"bundle": str(bundle)},
-                signature=sig,
-                input_example=example.head(200),
-                registered_model_name=reg.model_name if register else None,
-                pip_requirements=_pip_requirements(),
-            )
-    gate: dict[str, Any] = {
-        "model_uri": info.model_uri,
-        "challenger_metrics": scorer.metrics,
-        "gate_metrics": list(reg.gate_metrics),
-        "tolerance": reg.tolerance,
-    }
-    if not register:
-        gate["decision"] = "not registered (register=False)"
-        return None, False, gate
-    version = str(info.registered_model_version)
-    client = mlflow.MlflowClient()
-    champion_metrics = None
-    champion_version = None
-    try:
-        champ, champ_info = load_scorer(f"models:/{reg.model_name}@{reg.alias}")
-        champion_version = champ_info["version"]
-        say(f"gate: evaluating the champion (version {champion_version})")
-        champion_metrics = gate_metrics(champ, lines, when, config)
-    except ModelLoadError as exc:
-        gate["champion_error"] = str(exc)
-    promoted, rows, decision = _decide(
-        scorer.metrics, champion_metrics, list(reg.gate_metrics), reg.tolerance
-    )
-    gate.update(
-        version=version,
-        champion_version=champion_version,
-        champion_metrics=champion_metrics,
-        comparison=rows,
-        promoted=promoted,
-        decision=decision,
-    )
-    if promoted:
-        client.set_registered_model_alias(reg.model_name, reg.alias, version)
-    client.set_model_version_tag(reg.model_name, version, "crmkit.gate", decision)
-    client.set_model_version_tag(reg.model_name, version, "crmkit.as_of", str(when.date()))
-    for k, v in scorer.metrics.items():
-        client.set_model_version_tag(reg.model_name, version, f"crmkit.metric.{k}", f"{v:.6f}")
-    return version, promoted, gate
 
 
 def _log_input(lines: pd.DataFrame, data: str | os.PathLike) -> None:

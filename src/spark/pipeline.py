@@ -17,6 +17,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from crmkit.data.io import staged_output
+from crmkit.data.output import write_csv
 from crmkit.errors import DataContractError
 from crmkit.features.segments import DEFAULT_SEGMENT_RULES
 from crmkit.models.actions import ACTIONS
@@ -81,7 +82,7 @@ def run_features(
         write_customers(table, path)
         # summarised from the written table, so that the features are computed once
         segments = segment_summary(spark.read.parquet(str(path)))
-        segments.to_csv(Path(stage) / "segments.csv")
+        write_csv(segments, Path(stage) / "segments.csv", index=True)
     return SparkFeaturesResult(when, int(segments["customers"].sum()), segments)
 
 
@@ -150,6 +151,7 @@ def run_score(
     fmt: str | None = None,
     progress: Callable[[str], None] | None = None,
     track: bool = True,
+    trust_model_dir: bool = False,
 ) -> SparkScoreRun:
     """``crmkit score --engine spark``: score every customer of the cleaned lines in ``data``
     (a Parquet file or a directory of them) with the registered model, on Spark.
@@ -163,7 +165,9 @@ def run_score(
     gets, all-or-nothing, ``customers.parquet`` and ``recommendations.parquet`` (Parquet data
     sets sorted by customer id, then rank; the local columns, with strings for the local
     categoricals), ``audiences/`` and ``summary.json``. The run is recorded in MLflow as the
-    local one (tag ``crmkit.engine=spark``), FAILED when it fails.
+    local one (tag ``crmkit.engine=spark``), FAILED when it fails. The model loads under
+    the local rules: a model folder only with ``trust_model_dir`` (its fingerprint is
+    printed and logged).
     """
     from crmkit.pipelines.score import load_scorer, log_score_run, maybe_run
     from crmkit.pipelines.scorer import CUSTOMER_COLUMNS
@@ -186,7 +190,9 @@ def run_score(
         )
     _check_out(out_dir)
     say(f"loading model {uri}")
-    scorer, info = load_scorer(uri)
+    scorer, info = load_scorer(uri, trust_model_dir=trust_model_dir)
+    if info.get("sha256"):
+        say(f"model folder {uri}: sha256 {info['sha256']}")
     with maybe_run(track, info) as run:
         if run is not None:
             import mlflow
