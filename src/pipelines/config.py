@@ -62,10 +62,18 @@ class RegistryConfig(BaseModel):
 
     Attributes
     ----------
+    project
+        The shop (data source) the model is for (``--project``): one registered model and one
+        champion per project. Letters, digits, ``.``, ``_`` and ``-``; default none.
     model_name
-        Registered model name.
+        Registered model name (default ``crmkit-<project>``, without a project
+        ``crmkit-customer-scorer``; :func:`crmkit.pipelines.registry.registered_model_name`).
     alias
         Alias given to a version whose gate metrics are no worse than the current holder's.
+    min_catalogue_overlap
+        The alias holder is comparable only when at least this share of the smaller product
+        catalogue is in both (the same shop's data); else the new version is not gated against
+        it and not promoted (:mod:`crmkit.pipelines.registry`).
     experiment
         MLflow experiment of the runs.
     tolerance
@@ -83,7 +91,8 @@ class RegistryConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model_name: str = "crmkit-customer-scorer"
+    project: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+    model_name: str = Field(None, validate_default=True)  # type: ignore[assignment]
     alias: str = "champion"
     experiment: str = "crmkit"
     tolerance: float = Field(0.0, ge=0)
@@ -91,6 +100,14 @@ class RegistryConfig(BaseModel):
         Literal["churn_roc_auc", "churn_pr_auc", "clv_purchases_corr", "clv_purchases_neg_mae"]
     ] = ["churn_roc_auc", "churn_pr_auc", "clv_purchases_neg_mae"]
     holdout_days: int = Field(90, ge=7)
+    min_catalogue_overlap: float = Field(0.5, ge=0, le=1)
+
+    @field_validator("model_name", mode="before")
+    @classmethod
+    def _name(cls, v: str | None, info: Any) -> str:
+        from crmkit.pipelines.registry import registered_model_name
+
+        return registered_model_name(info.data.get("project"), v or None)
 
 
 class ScoreConfig(BaseModel):

@@ -56,7 +56,7 @@ CUSTOMERS = _customers(
         ("wb1", "at_risk", 0.50, 200.0, 0.60, "medium"),  # lapsed, valuable, alive
         ("wb2", "active_repeat", 0.60, 150.0, 0.85, "high"),  # high risk (band + prob)
         ("wb3", "promising", 0.60, 120.0, 0.30, "high"),  # high risk by band only
-        ("dead", "lost", 0.05, 500.0, 0.95, "high"),  # under the p_alive floor -> cross_sell
+        ("dead", "lost", 0.05, 500.0, 0.95, "high"),  # under the p_alive floor -> none
         ("cheap", "hibernating", 0.50, 5.0, 0.70, "medium"),  # lapsed, not valuable -> none
         ("rep", "champions", 0.90, 300.0, 0.05, "low"),  # due resell beats loyalty reward
         ("rep2", "active_repeat", 0.90, 10.0, 0.10, "low"),  # overdue resell
@@ -99,7 +99,9 @@ EXPECTED = {
     "wb1": ("win_back", 200.0 * 0.60, "P_REACT"),
     "wb2": ("win_back", 150.0 * 0.85, "P_RS"),
     "wb3": ("win_back", 120.0 * 0.30, None),
-    "dead": ("cross_sell", 0.3, "P_DEADX"),
+    # under the p_alive floor; the cross-sell's expected value 0.3 x (1 - 0.95) = 0.015 is
+    # below the 0.10 of an e-mail
+    "dead": ("none", 0.0, None),
     "cheap": ("none", 0.0, None),
     "rep": ("replenishment", 5.0, "P_DUE"),
     "rep2": ("replenishment", 1.5, "P_OVER"),
@@ -300,18 +302,35 @@ def _reference(cust: pd.DataFrame, recs: pd.DataFrame, cfg: NextBestActionConfig
         wb = best([r for r in rows if r.kind == "reactivation"]) or best(
             [r for r in rows if r.kind == "resell"]
         )
-        if lapsed and valuable and c.p_alive >= cfg.winback_min_p_alive:
-            res = ("win_back", c.clv * c.churn_probability, wb.product_id if wb else None)
-        elif due is not None:
-            res = ("replenishment", due.score, due.product_id)
-        elif c.segment in cfg.loyalty_segments:
-            res = ("loyalty_reward", c.clv, None)
-        elif c.segment in cfg.referral_segments and c.clv >= ref_cut:
-            res = ("referral_ask", c.clv, None)
-        elif offer is not None:
-            res = (offer.kind, offer.score, offer.product_id)
-        else:
-            res = ("none", 0.0, None)
+
+        def pays(action: str, value: float, c=c) -> bool:
+            cost = getattr(cfg.costs, action)
+            p = {"win_back": c.p_alive, "loyalty_reward": c.churn_probability}.get(
+                action, 1.0 - c.churn_probability
+            )
+            return p * value * (1.0 - cost.discount) > cost.contact
+
+        candidates = [
+            (
+                lapsed and valuable and c.p_alive >= cfg.winback_min_p_alive,
+                ("win_back", c.clv * c.churn_probability, wb.product_id if wb else None),
+            ),
+            (due is not None, ("replenishment", due and due.score, due and due.product_id)),
+            (c.segment in cfg.loyalty_segments, ("loyalty_reward", c.clv, None)),
+            (
+                c.segment in cfg.referral_segments and c.clv >= ref_cut,
+                ("referral_ask", c.clv, None),
+            ),
+            (
+                offer is not None,
+                (offer and offer.kind, offer and offer.score, offer and offer.product_id),
+            ),
+        ]
+        res = ("none", 0.0, None)
+        for ok_rule, cand in candidates:
+            if ok_rule and pays(cand[0], cand[1]):
+                res = cand
+                break
         out[c.customer_id] = res
     return out
 
@@ -431,9 +450,11 @@ def test_audiences_are_ranked_by_value_then_customer_id():
     assert list(aud) == list(AUDIENCE_ACTIONS)
     lr = aud["loyalty_reward"]
     assert list(lr.columns) == list(AUDIENCE_COLUMNS)
-    assert lr["customer_id"].tolist() == ["c", "a", "b", "d"]
-    assert lr["rank"].tolist() == [1, 2, 3, 4]
-    assert lr["action_value"].tolist() == [300.0, 100.0, 100.0, 0.0]
+    # d: a reward protecting a CLV of 0 pays nothing -> none
+    assert lr["customer_id"].tolist() == ["c", "a", "b"]
+    assert lr["rank"].tolist() == [1, 2, 3]
+    assert lr["action_value"].tolist() == [300.0, 100.0, 100.0]
+    assert out.set_index("customer_id").loc["d", "next_best_action"] == "none"
     assert lr["product_id"].isna().all()
     assert (lr["segment"] == "champions").all()
     assert all(len(aud[a]) == 0 for a in AUDIENCE_ACTIONS if a != "loyalty_reward")
@@ -443,8 +464,8 @@ def test_audiences_are_ranked_by_value_then_customer_id():
 def test_audiences_of_the_hand_built_table():
     aud = build_audiences(assign_next_best_action(CUSTOMERS, RECS))
     assert aud["win_back"]["customer_id"].tolist() == ["wb2", "wb1", "wb3"]  # 127.5, 120, 36
-    assert aud["cross_sell"]["customer_id"].tolist() == ["loyal_low", "xs", "dead"]
-    assert aud["cross_sell"]["product_id"].tolist() == ["P_LL", "P_XS", "P_DEADX"]
+    assert aud["cross_sell"]["customer_id"].tolist() == ["loyal_low", "xs"]
+    assert aud["cross_sell"]["product_id"].tolist() == ["P_LL", "P_XS"]
     for f in aud.values():
         assert f["action_value"].is_monotonic_decreasing
         assert f["rank"].tolist() == list(range(1, len(f) + 1))
@@ -542,7 +563,7 @@ def test_missing_churn_probability_falls_back_to_p_alive_or_raises():
     ]
     got = _as_dict(assign_next_best_action(cust, RECS))
     assert got["wb1"] == ("win_back", pytest.approx(200.0 * 0.5), "P_REACT")  # 1 - p_alive
-    assert got["dead"][0] == "cross_sell" and got["cheap"][0] == "none"
+    assert got["dead"][0] == "none" and got["cheap"][0] == "none"
     assert got["xs"] == ("win_back", pytest.approx(400.0 * 0.85), None)  # no re-sell rows
     assert assign_next_best_action(cust, RECS)["churn_probability"].isna().sum() == 4
     with pytest.raises(DataContractError, match="churn_probability has missing") as e:
