@@ -111,6 +111,11 @@ class ChurnConfig(BaseModel):
         Most training cutoffs (the latest ones).
     min_history_days
         Days of data every training cutoff needs before it.
+    adapt_history
+        When the configured snapshots do not fit the data (a short history), use fewer,
+        closer cutoffs with less history each (down to 14 days,
+        :func:`crmkit.models.churn_plan.adaptive_plan`) and say so in the progress output,
+        ``notes`` and ``metrics.json`` (``history_adapted``); ``False``: refuse instead.
     min_orders, active_within_days
         The scored-customer rule (at every cutoff): customers with at least ``min_orders``
         purchase orders on or before the cutoff and, unless ``None``, a purchase in its last
@@ -149,6 +154,7 @@ class ChurnConfig(BaseModel):
     snapshot_every: int = Field(7, ge=1)
     n_snapshots: int = Field(24, ge=2)
     min_history_days: int = Field(42, ge=0)
+    adapt_history: bool = True
     min_orders: int = Field(1, ge=1)
     active_within_days: int | None = Field(None, ge=0)
     feature_windows: list[int] = [30, 90, 180, 365]
@@ -317,19 +323,22 @@ def compute_churn(
         baseline_scores,
         churn_snapshots,
         classification_metrics,
-        plan_cutoffs,
     )
+    from crmkit.models.churn_plan import adaptive_plan
 
     cfg = config or ChurnConfig()
     H = cfg.window_days
-    plan = plan_cutoffs(
+    plan, adapted = adaptive_plan(
         lines,
         as_of,
         window_days=H,
         every_days=cfg.snapshot_every,
         n_snapshots=cfg.n_snapshots,
         min_history_days=cfg.min_history_days,
+        adapt=cfg.adapt_history,
     )
+    if adapted is not None:
+        _say(progress, f"note: {adapted['message']}")
     cutoffs = [*plan.train, plan.validation, plan.test]
     _say(
         progress,
@@ -352,6 +361,8 @@ def compute_churn(
         bgnbd=cfg.bgnbd_features,
     )
     notes = list(snaps.attrs.get("notes", []))
+    if adapted is not None:
+        notes.insert(0, adapted["message"])
     present = set(snaps.index.get_level_values("cutoff"))
     for c, what in ((plan.validation, "validation"), (plan.test, "test (as-of)")):
         if c not in present:
@@ -428,6 +439,7 @@ def compute_churn(
         "as_of": str(plan.test.date()),
         "window_days": H,
         "cutoffs": plan.to_dict(),
+        "history_adapted": adapted,
         "counts": counts,
         "scored_customers": {
             "min_orders": cfg.min_orders,
