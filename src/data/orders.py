@@ -183,15 +183,17 @@ def rejected_note(rejected: Sequence[str]) -> str:
 
 
 def id_shape(ids: pd.Series) -> pd.Series:
-    """The pattern of each id: every letter ``A``, every digit ``9``, other characters kept
-    (``"536365"`` -> ``"999999"``, ``"CA-2019-103800"`` -> ``"AA-9999-999999"``)."""
-    return ids.str.replace(r"[A-Za-z]", "A", regex=True).str.replace(r"[0-9]", "9", regex=True)
+    """The numeric structure of each id: a leading run of letters dropped, then every run of
+    digits ``9`` and every run of letters ``A``, other characters kept (``"536365"``,
+    ``"o17"`` and ``"INV0042"`` -> ``"9"``; ``"CA-2019-103800"`` -> ``"-9-9"``)."""
+    text = ids.str.replace(r"^[A-Za-z]+", "", regex=True)
+    return text.str.replace(r"[0-9]+", "9", regex=True).str.replace(r"[A-Za-z]+", "A", regex=True)
 
 
 def convention_holds(prefixed_lines: int, negative_lines: int, matching_lines: int) -> bool:
     """The decision of :func:`cancellation_convention` from its three counts (shared by the
     Spark engine): at least half the prefixed lines have a negative quantity and at least half
-    have an id whose rest matches an unprefixed id's pattern."""
+    have an id whose rest has the numeric structure of an unprefixed id (:func:`id_shape`)."""
     if prefixed_lines == 0:
         return True
     return 2 * negative_lines >= prefixed_lines and 2 * matching_lines >= prefixed_lines
@@ -202,9 +204,9 @@ def cancellation_convention(
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """Which ``prefixes`` the data shows as a cancellation convention.
 
-    A prefix holds when the ids carrying it are, after the prefix, shaped like the file's other
-    order ids (``C536379`` beside ``536365``) and their lines have negative quantities (see
-    :func:`convention_holds`). Order ids like ``CA-2019-103800`` (Superstore) or ``CUST-17``
+    A prefix holds when the ids carrying it have, after the prefix, the numeric structure of the
+    file's other order ids (``C536379`` beside ``536365``) and their lines have negative
+    quantities (see :func:`convention_holds`). Order ids like ``CA-2019-103800`` (Superstore) or ``CUST-17``
     are ordinary orders. A prefix no id carries holds trivially (the rule matches nothing).
 
     Returns

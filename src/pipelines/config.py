@@ -54,6 +54,8 @@ class DataConfig(BaseModel):
     delimiter: str | None = None
     sheet: str | int | None = None
     names: list[str] | None = None
+    #: a known shop export (shopify, woocommerce, magento, shopware, online-retail)
+    preset: str | None = None
 
 
 class RegistryConfig(BaseModel):

@@ -28,6 +28,7 @@ def load_and_clean(data: str | os.PathLike, config: PipelineConfig) -> CleanResu
         delimiter=d.delimiter,
         sheet=d.sheet,
         names=d.names,
+        preset=d.preset,
     )
     return clean_lines(raw, config.cleaning)
 

@@ -117,7 +117,9 @@ def test_woocommerce_and_magento_exports(december, tmp_path):
     orders = pd.unique(december["order_id"])
     rng = np.random.default_rng(5)
     woo_words = ["Completed", "Processing", "Cancelled", "Refunded", "Failed", "Pending payment"]
-    woo = pd.Series(rng.choice(woo_words, len(orders), p=[0.7, 0.1, 0.05, 0.05, 0.05, 0.05]), orders)
+    woo = pd.Series(
+        rng.choice(woo_words, len(orders), p=[0.7, 0.1, 0.05, 0.05, 0.05, 0.05]), orders
+    )
     woo_path = write_woocommerce(december, tmp_path / "woo.csv", woo)
     mag_words = ["complete", "processing", "closed", "canceled", "pending"]
     mag = pd.Series(rng.choice(mag_words, len(orders), p=[0.7, 0.1, 0.1, 0.05, 0.05]), orders)
