@@ -134,9 +134,11 @@ def action_pays(expected: np.ndarray, cost: ActionCost) -> np.ndarray:
 def expected_value_of_assigned(customers: pd.DataFrame) -> pd.Series:
     """The expected value of each customer's assigned action, from the output of
     :func:`~crmkit.models.actions.assign_next_best_action` (``next_best_action``,
-    ``action_value``, ``p_alive``, ``churn_probability``; a missing churn probability
-    counts as ``1 - p_alive``); 0 for ``none``."""
-    p = customers["p_alive"].to_numpy(dtype=np.float64)
+    ``action_value``, ``p_alive``, ``churn_probability``; a missing ``p_alive`` - not a
+    measurement, :mod:`crmkit.models.p_alive` - counts as 1 as in the scoring job, a missing
+    churn probability as ``1 - p_alive``); 0 for ``none``."""
+    p = customers["p_alive"].to_numpy(dtype=np.float64, na_value=np.nan)
+    p = np.where(np.isnan(p), 1.0, p)
     churn = customers["churn_probability"].to_numpy(dtype=np.float64, na_value=np.nan)
     churn = np.where(np.isnan(churn), 1.0 - p, churn)
     value = customers["action_value"].to_numpy(dtype=np.float64)
