@@ -800,7 +800,7 @@ def _print_score(res) -> None:  # noqa: ANN001
     for name, r in g.sort_values("n", ascending=False).iterrows():
         typer.echo(
             f"  {name!s:<16} {int(r['n']):>9,} {r['n'] / max(len(c), 1):>7.1%} "
-            f"{r['clv']:>10,.2f} {r['p']:>9.3f}"
+            f"{r['clv']:>10,.2f} {'-' if r['p'] != r['p'] else format(r['p'], '.3f'):>9}"
         )
     typer.echo(
         f"CLV total {s['clv_total']:,.2f} (mean {s['clv_mean']:,.2f}); "

@@ -302,8 +302,12 @@ def run_clv(
         seed=cfg.seed,
     )
     notes += value.notes
+    from crmkit.models.p_alive import p_alive_note, reported_p_alive
+
+    p_alive = reported_p_alive(purchase_model, summary, ud)
+    if note := p_alive_note(purchase_model, int(p_alive.isna().sum()), ud):
+        notes.append(note)
     with np.errstate(all="ignore"):
-        p_alive = purchase_model.conditional_probability_alive(summary)
         wait = purchase_model.expected_time_to_next_purchase(summary).to_numpy() * ud
     customers = summary[["frequency", "recency", "T", "monetary_value"]].copy()
     customers["p_alive"] = p_alive

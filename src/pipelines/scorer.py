@@ -371,9 +371,12 @@ class CustomerScorer:
         return purchase, spend
 
     def clv_scores(self, lines: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
-        """``p_alive, expected_purchases, expected_spend, clv`` per customer at ``as_of``."""
+        """``p_alive, expected_purchases, expected_spend, clv`` per customer at ``as_of``;
+        ``p_alive`` is missing where it is not a measurement (BG/NBD one-time buyers, a fit
+        without dropout: :mod:`crmkit.models.p_alive`)."""
         from crmkit.features.rfm import UNIT_DAYS, rfm_summary
         from crmkit.models.clv_value import customer_lifetime_value
+        from crmkit.models.p_alive import reported_p_alive
 
         cfg = self.config.clv
         purchase, spend = self.clv_models()
@@ -389,10 +392,17 @@ class CustomerScorer:
             margin=cfg.margin,
             n_draws=0,
         )
-        with np.errstate(all="ignore"):
-            p_alive = purchase.conditional_probability_alive(summary)
-        out = pd.DataFrame({"p_alive": np.asarray(p_alive, dtype=np.float64)}, index=summary.index)
+        p_alive = reported_p_alive(purchase, summary, UNIT_DAYS[self.clv["unit"]])
+        out = pd.DataFrame({"p_alive": p_alive.to_numpy()}, index=summary.index)
         return out.join(value.customers[["expected_purchases", "expected_spend", "clv"]])
+
+    def p_alive_note(self, missing: int) -> str | None:
+        """The summary note on ``missing`` customers without ``p_alive``
+        (:func:`crmkit.models.p_alive.p_alive_note`)."""
+        from crmkit.features.rfm import UNIT_DAYS
+        from crmkit.models.p_alive import p_alive_note
+
+        return p_alive_note(self.clv_models()[0], missing, UNIT_DAYS[self.clv["unit"]])
 
     # -- scoring -------------------------------------------------------------------------------
     def score(
@@ -443,6 +453,8 @@ class CustomerScorer:
         prefixes = tuple(self.config.cleaning.cancellation_prefixes)
         say("CLV: P(alive), expected purchases, discounted value")
         clv = self.clv_scores(lines, when)
+        if note := self.p_alive_note(int(clv["p_alive"].isna().sum())):
+            notes.append(note)
         scores = clv[["p_alive", "clv"]]
         recs = empty_recommendations()
         child = None
@@ -494,7 +506,11 @@ class CustomerScorer:
                 child.abort()
         customers.index.name = "customer_id"
         say("next best action")
-        acts = assign_next_best_action(customers.reset_index(), recs, self.config.actions)
+        # a p_alive that is not a measurement is missing in the output; the actions read it
+        # as 1 (alive), the purchase model's own assumption (crmkit.models.p_alive)
+        acts = assign_next_best_action(
+            customers.reset_index().fillna({"p_alive": 1.0}), recs, self.config.actions
+        )
         acts = acts.set_index("customer_id") if "customer_id" in acts.columns else acts
         customers = customers.join(
             acts[["next_best_action", "action_value", "action_product_id"]], how="left"

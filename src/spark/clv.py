@@ -203,11 +203,11 @@ def _local_clv(
     """The local scorer's CLV columns of a pandas summary (the body of
     ``CustomerScorer.clv_scores`` after the summary)."""
     from crmkit.models.clv_value import customer_lifetime_value
+    from crmkit.models.p_alive import reported_p_alive
 
     value = customer_lifetime_value(purchase, spend, summary, **settings)
-    with np.errstate(all="ignore"):
-        p_alive = purchase.conditional_probability_alive(summary)
-    out = pd.DataFrame({"p_alive": np.asarray(p_alive, dtype=np.float64)}, index=summary.index)
+    p_alive = reported_p_alive(purchase, summary, settings["unit_days"])
+    out = pd.DataFrame({"p_alive": p_alive.to_numpy()}, index=summary.index)
     return out.join(value.customers[["expected_purchases", "expected_spend", "clv"]])
 
 

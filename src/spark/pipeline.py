@@ -222,7 +222,13 @@ def run_score(
             recs.orderBy("customer_id", "rank").write.parquet(recs_path)
             recs = spark.read.parquet(recs_path)
             say("next best action")
-            acts = next_best_actions(scores, recs, scorer.config.actions)
+            # a p_alive that is not a measurement is missing; the actions read it as 1, as
+            # the local scorer does (crmkit.models.p_alive)
+            acts = next_best_actions(
+                scores.withColumn("_p_alive", F.col("p_alive")).fillna({"p_alive": 1.0}),
+                recs,
+                scorer.config.actions,
+            ).withColumn("p_alive", F.col("_p_alive"))
             cust_path = str(stage / "customers.parquet")
             acts.select(*CUSTOMER_COLUMNS).orderBy("customer_id").write.parquet(cust_path)
             customers = spark.read.parquet(cust_path)

@@ -407,6 +407,24 @@ def _empty_like(lines: DataFrame) -> pd.DataFrame:
     return pd.DataFrame(cols)
 
 
+def _p_alive_notes(table: DataFrame, scorer: Any) -> list[str]:
+    """The local scorer's note on missing ``p_alive`` values (:mod:`crmkit.models.p_alive`),
+    counted from the customers' frequencies."""
+    from crmkit.features.rfm import UNIT_DAYS
+    from crmkit.models.p_alive import finds_no_dropout, model_kind
+
+    purchase = scorer.clv_models()[0]
+    unit_days = UNIT_DAYS[scorer.clv["unit"]]
+    if finds_no_dropout(purchase, unit_days):
+        missing = table.count()
+    elif model_kind(purchase) == "bgnbd":
+        missing = table.where(F.col("frequency") <= F.lit(0.0)).count()
+    else:
+        missing = 0
+    note = scorer.p_alive_note(int(missing))
+    return [note] if note else []
+
+
 def customer_scores(
     lines: DataFrame,
     scorer: Any,
@@ -474,6 +492,7 @@ def customer_scores(
     out = table.select(*SCORE_COLUMNS[:10]).join(
         clv_scores(lines, scorer, day, table=table), "customer_id", "left"
     )
+    notes.extend(_p_alive_notes(table, scorer))
     if churn is not None:
         scores = churn_scores(lines, day, churn, notes=notes, persist=persist)
         out = out.join(scores, "customer_id", "left")

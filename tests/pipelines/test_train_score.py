@@ -198,7 +198,11 @@ def test_score_outputs(scored, sample):
     assert len(customers) == upto["customer_id"].nunique()
     assert set(customers["next_best_action"]) <= ACTIONS
     assert customers["next_best_action"].notna().all()
-    assert customers["p_alive"].between(0, 1).all()
+    once = customers["frequency"] == 0  # BG/NBD: P(alive) 1 by construction, reported missing
+    assert customers.loc[~once, "p_alive"].between(0, 1).all()
+    assert customers.loc[once, "p_alive"].isna().all() and once.any()
+    said = json.loads((out / "summary.json").read_text())["notes"]
+    assert f"p_alive is missing for {int(once.sum()):,} one-time buyers" in " ".join(said)
     assert (customers["clv"] >= 0).all() and customers["clv"].sum() > 0
     assert customers["churn_probability"].between(0, 1).all()
     assert set(customers["churn_risk_band"]) <= {"low", "medium", "high"}
