@@ -230,43 +230,66 @@ def test_csv_after_parquet_leaves_one_set_and_keeps_owner_and_mode(world, tmp_pa
     assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (4321, 4322, 0o750)
 
 
+def test_only_the_previous_set_of_the_same_kind_is_removed(tmp_path):
+    """Another command's outputs in the folder (kind None: kept) survive two scores."""
+    from crmkit.data.output import staged_output
+
+    out = tmp_path / "out"
+    with staged_output(out) as stage:  # e.g. crmkit validate
+        (stage / "lines.parquet").write_text("lines")
+    with staged_output(out, kind="score") as stage:
+        (stage / "customers.parquet").write_text("p")
+        (stage / "summary.json").write_text("p")
+    with staged_output(out, kind="score") as stage:
+        (stage / "customers.csv").write_text("c")
+        (stage / "summary.json").write_text("c")
+    assert _names(out) == {"lines.parquet", "customers.csv", "summary.json"}
+    with staged_output(out) as stage:  # another command takes summary.json over
+        (stage / "summary.json").write_text("other")
+    with staged_output(out, kind="score") as stage:
+        (stage / "customers.parquet").write_text("p")
+    assert _names(out) == {"lines.parquet", "customers.parquet", "summary.json"}
+    assert (out / "summary.json").read_text() == "other"
+
+
 def test_two_concurrent_scores_into_one_folder_leave_one_complete_set(world, tmp_path):
-    """Run A (Parquet) is paused (SIGSTOP) as soon as it stages its outputs; run B (CSV)
-    starts then and must wait for A; A resumes, commits, then B commits. Without a lock B
-    committed while A was paused and A's commit then kept B's files: a mix of both."""
+    """A Parquet and a CSV score start into one folder while the folder is busy (its lock
+    held, as a third writer would), so both reach the commit at the same time; they must
+    take turns and leave one run's complete set. Without a lock both committed and the
+    second kept the first one's files: a mix of both sets."""
+    import fcntl
+
     out = tmp_path / "out"
     env = _env(world.store)
     base = [str(CRMKIT), "score", str(world.data), "--out", str(out), "--as-of", world.as_of]
-    logs = {k: open(tmp_path / f"{k}.log", "w+") for k in "ab"}  # noqa: SIM115
-    a = subprocess.Popen(base, env=env, cwd=tmp_path, stdout=logs["a"], stderr=logs["a"])
-    b = None
+    logs = {k: tmp_path / f"{k}.log" for k in ("parquet", "csv")}
+    busy = os.open(tmp_path / ".out.crmkit-lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(busy, fcntl.LOCK_EX)
+    procs = {}
     try:
-        deadline = time.monotonic() + 300
-        while a.poll() is None and time.monotonic() < deadline:
-            if list(tmp_path.glob(".out.staging-*")):
-                a.send_signal(signal.SIGSTOP)
+        for fmt, log in logs.items():
+            with open(log, "w") as f:
+                procs[fmt] = subprocess.Popen(
+                    [*base, "--format", fmt], env=env, cwd=tmp_path, stdout=f, stderr=f
+                )
+        deadline = time.monotonic() + 400
+        waiting = {}
+        while time.monotonic() < deadline:
+            waiting = {
+                k: "waiting: another crmkit run is writing" in v.read_text()
+                for k, v in logs.items()
+            }
+            if all(waiting.values()) or any(p.poll() is not None for p in procs.values()):
                 break
-            time.sleep(0.002)
-        assert a.poll() is None, (tmp_path / "a.log").read_text()
-        b = subprocess.Popen(
-            [*base, "--format", "csv"], env=env, cwd=tmp_path, stdout=logs["b"], stderr=logs["b"]
-        )
-        deadline = time.monotonic() + 300
-        waited = False
-        while b.poll() is None and time.monotonic() < deadline:
-            if "waiting: another crmkit run is writing" in (tmp_path / "b.log").read_text():
-                waited = True
-                break
-            time.sleep(0.05)
+            time.sleep(0.1)
     finally:
-        a.send_signal(signal.SIGCONT)
-    assert a.wait(timeout=300) == 0, (tmp_path / "a.log").read_text()
-    assert b.wait(timeout=300) == 0, (tmp_path / "b.log").read_text()
-    for f in logs.values():
-        f.close()
-    assert waited, (tmp_path / "b.log").read_text()
-    assert _names(out) == CSV_SET  # B's complete set, nothing of A's
-    _check_complete(out, "csv")
+        os.close(busy)
+    codes = {k: p.wait(timeout=300) for k, p in procs.items()}
+    assert codes == {"parquet": 0, "csv": 0}, {k: v.read_text()[-2000:] for k, v in logs.items()}
+    assert waiting == {"parquet": True, "csv": True}, waiting
+    names = _names(out)
+    assert names in (PARQUET_SET, CSV_SET), names  # one run's set, nothing of the other
+    _check_complete(out, "csv" if names == CSV_SET else "parquet")
     assert not list(tmp_path.glob(".out.staging-*"))
 
 

@@ -32,14 +32,14 @@ _INSIDE_LOCK = ".crmkit-lock"
 
 
 @contextmanager
-def staged_output(out_dir: str | os.PathLike) -> Iterator[Path]:
+def staged_output(out_dir: str | os.PathLike, *, kind: str | None = None) -> Iterator[Path]:
     """Write a command's outputs all-or-nothing.
 
     ``out_dir`` is resolved first (a symlink, or a folder under one, is followed to the real
     folder). Writers of one folder take turns: a lock file ``.<out>.crmkit-lock`` beside it
     (``.crmkit-lock`` inside a mount point) is held from staging to commit, and a second
-    run waits for the first (logging that it waits). The lock file also records the entries
-    the last run wrote.
+    run waits for the first (logging that it waits). The lock file also records, per
+    ``kind``, the entries the last run of that kind wrote.
 
     Yields a staging folder on the target's file system: beside the real ``out_dir``, or
     inside it when ``out_dir`` is a mount point (which cannot be renamed). When the block
@@ -54,9 +54,10 @@ def staged_output(out_dir: str | os.PathLike) -> Iterator[Path]:
       place with an atomic rename (a folder by an atomic swap); a previous entry is removed
       only after its replacement is in place.
 
-    Entries the previous run wrote and this one did not (``customers.parquet`` after a
-    ``--format csv`` run) are removed only once the new set is in place; other files in
-    ``out_dir`` (a user's notes) are kept. When the block raises, the staging folder is
+    ``kind`` names the output set (``"score"``): entries the previous run of the same kind
+    wrote and this one did not (``customers.parquet`` after a ``--format csv`` score) are
+    removed, only once the new set is in place. Without a ``kind``, and for every other file
+    in ``out_dir`` (a user's notes, another command's outputs), entries not written are kept. When the block raises, the staging folder is
     removed and ``out_dir`` is left as it was. A process killed with SIGKILL leaves its
     staging folder behind; the next run of that folder removes it.
     """
@@ -85,7 +86,7 @@ def staged_output(out_dir: str | os.PathLike) -> Iterator[Path]:
         _ACTIVE_STAGES.add(stage)
         try:
             yield stage
-            _commit(stage, real, record, inside)
+            _commit(stage, real, record, inside, kind)
         finally:
             _ACTIVE_STAGES.discard(stage)
             shutil.rmtree(stage, ignore_errors=True)
@@ -112,24 +113,33 @@ def glob_escape(name: str) -> str:
 
 
 class _Record:
-    """The lock file's content: the entries of ``out_dir`` the last run wrote."""
+    """The lock file's content: per kind of output set, the entries of ``out_dir`` the last
+    run of that kind wrote (``{"sets": {"score": [...]}}``)."""
 
     def __init__(self, fd: int | None) -> None:
         self.fd = fd
-        self.files: set[str] = set()
+        self.sets: dict[str, set[str]] = {}
         if fd is not None:
             try:
-                data = os.pread(fd, 1 << 20, 0)
-                self.files = set(json.loads(data or b"{}").get("files", []))
-            except (OSError, ValueError, AttributeError):
-                self.files = set()  # unreadable: treat nothing as a previous output
+                data = json.loads(os.pread(fd, 1 << 20, 0) or b"{}")
+                self.sets = {str(k): set(v) for k, v in data.get("sets", {}).items()}
+            except (OSError, ValueError, AttributeError, TypeError):
+                self.sets = {}  # unreadable: treat nothing as a previous output
 
-    def save(self, files: set[str]) -> None:
+    def previous(self, kind: str | None) -> set[str]:
+        return set(self.sets.get(kind, ())) if kind else set()
+
+    def save(self, kind: str | None, written: set[str], also: set[str] = frozenset()) -> None:
+        """Record ``written`` (and ``also``) as ``kind``'s entries; an entry belongs to the
+        kind that wrote it last."""
         if self.fd is None:
             return
-        data = (json.dumps({"files": sorted(files), "pid": os.getpid()}) + "\n").encode()
+        sets = {k: v - written for k, v in self.sets.items()}
+        if kind:
+            sets[kind] = written | set(also)
+        body = {"sets": {k: sorted(v) for k, v in sorted(sets.items()) if v}, "pid": os.getpid()}
         os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, data, 0)
+        os.pwrite(self.fd, (json.dumps(body) + "\n").encode(), 0)
 
 
 @contextmanager
@@ -158,27 +168,27 @@ def _locked(real: Path, inside: bool) -> Iterator[_Record]:
         os.close(fd)  # releases the lock
 
 
-def _commit(stage: Path, out: Path, record: _Record, inside: bool) -> None:
+def _commit(stage: Path, out: Path, record: _Record, inside: bool, kind: str | None) -> None:
     """Put the staged outputs in place (see :func:`staged_output`)."""
     written = {p.name for p in stage.iterdir()}
-    previous = record.files - written  # the last run's entries this run replaces by nothing
+    previous = record.previous(kind) - written  # the last run's entries not written again
     if not inside and not out.exists():
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(stage, 0o777 & ~umask)  # mkdtemp makes it 0700
         try:
             os.rename(stage, out)
-            record.save(written)
+            record.save(kind, written)
             return
         except OSError:  # out appeared meanwhile
             pass
     if not inside and _swap_folder(stage, out, written | previous | _own_names(out)):
-        record.save(written)
+        record.save(kind, written)
         return
     # a killed run leaves both sets listed: the next run removes what it does not write
-    record.save(written | record.files)
+    record.save(kind, written, also=previous)
     _commit_each(stage, out, sorted(written), sorted(previous))
-    record.save(written)
+    record.save(kind, written)
 
 
 def _own_names(out: Path) -> set[str]:

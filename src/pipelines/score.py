@@ -211,7 +211,7 @@ def run_score(
         summary["notes"] = output.notes
         summary["audiences"] = {k: int(len(v)) for k, v in audiences.items()}
         say(f"writing {out_dir}")
-        with staged_output(out_dir) as stage:
+        with staged_output(out_dir, kind="score") as stage:
             stage = Path(stage)
             _write_frame(output.customers, stage / f"customers.{fmt}", fmt)
             _write_frame(output.recommendations, stage / f"recommendations.{fmt}", fmt)

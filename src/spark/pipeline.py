@@ -203,7 +203,7 @@ def run_score(
         lines = read_lines(spark, data)
         notes: list[str] = []  # customer_scores checks the input as the local scorer does
         when = pd.Timestamp(as_of).normalize() if as_of is not None else default_as_of(lines)
-        with staged_output(out_dir) as stage:
+        with staged_output(out_dir, kind="score") as stage:  # the local score's set
             stage = Path(stage)
             work = stage / "_work"
             say("customer scores: features, CLV, churn")
