@@ -382,9 +382,7 @@ AsOfOpt = Annotated[
 ]
 HoldoutOpt = Annotated[
     Optional[str],  # noqa: UP045
-    typer.Option(
-        help="Evaluate on the data after --as-of up to this date.", callback=_check_date
-    ),
+    typer.Option(help="Evaluate on the data after --as-of up to this date.", callback=_check_date),
 ]
 
 

@@ -10,6 +10,10 @@ the earlier ones left:
    ``status``) - lines of orders refunded, voided, pending, cancelled or failed
    (``excluded_statuses``): not purchases. Partially refunded orders are kept at full price
    and counted in a note (:mod:`crmkit.data.orders`).
+1b. ``implausible_timestamp`` - an order before ``plausible_from`` (default 1990-01-01) or
+   after ``plausible_to`` (default: the run's clock + 1 day): a typo'd year, a placeholder
+   date (``0001-01-01``, ``9999-12-31``, read at the representable bound) or a clock error.
+   Always dropped, so such a line never sets the default analysis date.
 2. ``missing_customer_id`` - guest or unidentified lines (drop).
 3. ``cancellations`` - lines of cancelled orders, marked by an order-id prefix (Online
    Retail's ``C``) where the data shows that convention (``cancellation_convention: auto``:
@@ -58,7 +62,7 @@ from crmkit.data.orders import (
     status_mask,
 )
 from crmkit.data.report_warnings import rule_warnings
-from crmkit.errors import ConfigError
+from crmkit.errors import ConfigError, shorten
 
 __all__ = [
     "CleaningConfig",
@@ -66,6 +70,7 @@ __all__ = [
     "CleanResult",
     "clean_lines",
     "analysis_cutoff",
+    "plausible_range",
     "DEFAULT_NON_PRODUCT_CODES",
 ]
 
@@ -113,6 +118,19 @@ class CleaningConfig(BaseModel):
     non_product_patterns: tuple[str, ...] = DEFAULT_NON_PRODUCT_PATTERNS
     drop_exact_duplicates: bool | Literal["auto"] = "auto"
     as_of: datetime | None = None
+    plausible_from: datetime = datetime(1990, 1, 1)
+    plausible_to: datetime | None = None
+
+    @field_validator("plausible_from", "plausible_to")
+    @classmethod
+    def _representable(cls, v: datetime | None) -> datetime | None:
+        # Timestamps outside 1678-2261 are read at the representable bounds; the range must
+        # leave those bounds out so that such lines are always dropped.
+        if v is not None and not datetime(1678, 1, 1) <= v.replace(tzinfo=None) < datetime(
+            2262, 1, 1
+        ):
+            raise ValueError("must lie between 1678-01-01 and 2261-12-31")
+        return v
 
     @field_validator("non_product_patterns")
     @classmethod
@@ -140,6 +158,23 @@ class CleaningConfig(BaseModel):
             raise ConfigError(f"invalid cleaning configuration: {msgs}") from None
 
 
+def plausible_range(cfg: CleaningConfig, now: pd.Timestamp | None = None) -> tuple:
+    """The ``[first, last]`` order timestamps the ``implausible_timestamp`` rule accepts:
+    ``plausible_from`` and ``plausible_to`` (default: ``now``, the run's clock in UTC,
+    plus one day)."""
+    low = pd.Timestamp(cfg.plausible_from)
+    if cfg.plausible_to is not None:
+        high = pd.Timestamp(cfg.plausible_to)
+    else:
+        clock = now if now is not None else pd.Timestamp.now(tz="UTC")
+        high = clock.tz_localize(None) if clock.tzinfo is not None else clock
+        high = high + pd.Timedelta(days=1)
+    return (
+        low.tz_convert("UTC").tz_localize(None) if low.tzinfo else low,
+        high.tz_convert("UTC").tz_localize(None) if high.tzinfo else high,
+    )
+
+
 def analysis_cutoff(as_of: datetime | str | pd.Timestamp) -> pd.Timestamp:
     """The first instant *after* the analysis date.
 
@@ -148,7 +183,15 @@ def analysis_cutoff(as_of: datetime | str | pd.Timestamp) -> pd.Timestamp:
     including it count, so the cutoff is one nanosecond later). Every stage compares
     ``order_ts < analysis_cutoff(as_of)``.
     """
-    ts = pd.Timestamp(as_of)
+    try:
+        ts = pd.Timestamp(as_of)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise ConfigError(
+            f"the analysis date (--as-of / as_of) {shorten(as_of)!r} is not a valid date "
+            f"({exc}); give a real calendar date YYYY-MM-DD"
+        ) from None
+    if ts is pd.NaT:
+        raise ConfigError("the analysis date (--as-of / as_of) is missing")
     if ts.tzinfo is not None:
         ts = ts.tz_convert("UTC").tz_localize(None)
     if ts == ts.normalize():
@@ -160,6 +203,7 @@ _RULE_DESCRIPTIONS = {
     "invalid_values": (
         "missing timestamp, missing/infinite/zero quantity, missing/infinite price or line amount"
     ),
+    "implausible_timestamp": "order before {plausible_from} or after {plausible_to}",
     "order_status": "order {statuses}: not a purchase",
     "missing_customer_id": "no customer id (guest or unidentified lines)",
     "cancellations": "lines of cancelled orders (order id prefix {prefixes})",
@@ -334,6 +378,7 @@ def rule_plan(
     prefixes = [p for p in cfg.cancellation_prefixes if p not in rejected_prefixes]
     actions = {
         "invalid_values": "drop",
+        "implausible_timestamp": "drop",
         "order_status": "drop" if cfg.excluded_statuses else "keep",
         "missing_customer_id": "drop" if cfg.drop_missing_customer_id else "keep",
         "cancellations": (
@@ -361,6 +406,12 @@ def rule_plan(
             statuses=", ".join(cfg.excluded_statuses),
             as_of=cfg.as_of if cfg.as_of else None,
             price_rule=price_rule,
+            plausible_from=f"{pd.Timestamp(cfg.plausible_from):%Y-%m-%d}",
+            plausible_to=(
+                f"{pd.Timestamp(cfg.plausible_to)}"
+                if cfg.plausible_to is not None
+                else "the run's clock + 1 day"
+            ),
         )
         for rule, text in _RULE_DESCRIPTIONS.items()
         if rule in actions
@@ -423,6 +474,9 @@ def clean_lines(
         | ~np.isfinite(price)
         | ~np.isfinite(amount)  # e.g. quantity x price overflowing
     )
+    low, high = plausible_range(cfg)
+    ts = df["order_ts"]
+    masks["implausible_timestamp"] = ((ts < low) | (ts > high)).to_numpy(dtype=bool)
     has_status = "order_status" in df.columns
     notes = list(data.notes)
     if has_status:

@@ -28,6 +28,12 @@ from crmkit.data.parse import (
     parse_timestamps,
 )
 from crmkit.data.presets import detect_preset, preset_mapping, resolve_preset
+from crmkit.data.read_checks import (
+    check_gzip,
+    check_swallowed_lines,
+    eof_in_quote_error,
+    read_excel_sheet,
+)
 from crmkit.data.schema import (
     CLEAN_COLUMNS,
     NUMERIC_COLUMNS,
@@ -227,40 +233,27 @@ def read_table(
 
     if p.suffix.lower() in {".xlsx", ".xlsm", ".xls"}:
         info["file_format"] = "excel"
-        try:
-            frame = pd.read_excel(
-                p,
-                sheet_name=sheet if sheet is not None else 0,
-                dtype=object,
-                header=None if names else 0,
-            )
-        except ImportError as exc:
-            raise DataContractError(
-                f"{p}: reading this Excel format needs an extra package ({exc}); "
-                "save it as .xlsx or CSV",
-                rule="readable_file",
-            ) from None
-        except Exception as exc:
-            raise DataContractError(
-                f"{p} could not be read as Excel ({type(exc).__name__}: {exc})",
-                rule="readable_file",
-            ) from None
+        frame, info["notes"] = read_excel_sheet(p, sheet, header=not names)
         if names:
             frame.columns = list(names) + [f"col{i}" for i in range(len(names), frame.shape[1])]
         else:
             _check_mangled_duplicates([str(c) for c in frame.columns])
         if frame.empty:
-            raise DataContractError(f"{p} has no data rows", rule="empty_file")
+            raise DataContractError(
+                f"{p} has no data rows ({'; '.join(info['notes'])})", rule="empty_file"
+            )
         return frame, info
 
     # Text formats (.csv, .tsv, .txt, .gz, .zip, anything else).
     info["file_format"] = "csv"
     compression = "infer"
     opener = open
+    gzip_utf8 = False
     if suffixes.endswith(".gz"):
         import gzip
 
         opener = gzip.open  # type: ignore[assignment]
+        gzip_utf8 = check_gzip(p)
     try:
         with opener(p, "rb") as fh:
             sample = fh.read(_SAMPLE_BYTES)
@@ -275,7 +268,7 @@ def read_table(
     if not sample.strip():
         raise DataContractError(f"{p} holds no data (only white space)", rule="empty_file")
     if encoding is None:
-        whole_utf8 = _is_utf8(p) if opener is open else _decodes(sample, "utf-8", partial=True)
+        whole_utf8 = _is_utf8(p) if opener is open else gzip_utf8
         encoding = _detect_encoding(sample, whole_utf8)
     info["encoding"] = encoding
     try:
@@ -320,6 +313,7 @@ def read_table(
             frame = None
     if frame is None:
         frame = _read_csv_c(p, delimiter, encoding, names, compression, info)
+    check_swallowed_lines(frame, p, delimiter)
     frame.columns = [str(c).lstrip("\ufeff").strip() for c in frame.columns]
     if names is None:
         _check_mangled_duplicates(list(frame.columns))
@@ -363,8 +357,15 @@ def _read_csv_c(
             rule="encoding",
             hint="pass the file's encoding with --encoding (e.g. cp1252, latin-1)",
         ) from None
+    except (OSError, EOFError) as exc:
+        raise DataContractError(
+            f"{p} could not be read ({type(exc).__name__}: {exc})", rule="readable_file"
+        ) from None
     except (pd.errors.ParserError, ValueError) as exc:
         msg = str(exc).strip().splitlines()[-1]
+        quote = eof_in_quote_error(p, msg)
+        if quote is not None:
+            raise quote from None
         raise DataContractError(
             f"{p} could not be parsed as a delimited table "
             f"(delimiter {info['delimiter']!r}): {msg}",
@@ -470,6 +471,7 @@ def load_transactions(
         notes.append(f"encoding: {info['encoding']}")
     if info.get("delimiter"):
         notes.append(f"delimiter: {info['delimiter']!r}")
+    notes += info.get("notes", [])  # e.g. which Excel sheet was read
     renamed = {h: c for h, c in columns.items() if h != c}
     if renamed:
         notes.append("columns: " + ", ".join(f"{h!r} -> {c}" for h, c in renamed.items()))

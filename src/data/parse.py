@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from crmkit.errors import DataContractError
+from crmkit.errors import DataContractError, shorten
 
 __all__ = ["DATE_FORMATS", "NA_STRINGS", "parse_timestamps", "parse_numbers", "row_samples"]
 
@@ -67,6 +67,47 @@ def _try_format(values: pd.Series, fmt: str) -> pd.Series:
     return pd.to_datetime(values, format=fmt, errors="coerce")
 
 
+#: The years a nanosecond timestamp holds; values outside are read at these bounds.
+_TS_LOW, _TS_HIGH = pd.Timestamp("1678-01-01"), pd.Timestamp("2262-01-01")
+
+
+def _clamp_to_ns(
+    parsed: pd.Series, rows: np.ndarray, values: pd.Series, column: str, notes: list[str]
+) -> pd.Series:
+    """``parsed`` (any datetime unit) with values outside the years 1678-2261 set to the
+    nearest representable bound (numpy would wrap them: year 2300 became 1715), and a note
+    naming the first rows. The cleaning rule ``implausible_timestamp`` drops and counts them.
+
+    ``rows`` maps each row of ``values`` to its entry of ``parsed`` (-1: missing)."""
+    low = (parsed < _TS_LOW).to_numpy(dtype=bool)
+    high = (parsed >= _TS_HIGH).to_numpy(dtype=bool)
+    if not (low.any() or high.any()):
+        return parsed
+    out = parsed.mask(low, _TS_LOW).mask(high, _TS_HIGH - pd.Timedelta(1, "us"))
+    present = rows >= 0
+    hit = present & (low | high)[np.where(present, rows, 0)]
+    shown = ", ".join(f"row {r}: {shorten(repr(v), 40)}" for r, v in _row_samples(hit, values, 5))
+    notes.append(
+        f"{column}: {int(hit.sum())} timestamps outside the representable years 1678-2261 "
+        f"({shown}) read at the nearest bound; rule implausible_timestamp drops them"
+    )
+    return out
+
+
+def _check_date_format(date_format: str, column: str) -> None:
+    """Refuse a ``--date-format`` that is no strptime format (``%``, ``%Q``)."""
+    try:
+        pd.to_datetime(pd.Series(["2000-01-01"]), format=date_format, errors="coerce")
+    except (ValueError, TypeError) as exc:
+        raise DataContractError(
+            f"--date-format / date_format {shorten(repr(date_format))} is not a valid strptime "
+            f"format ({exc})",
+            column=column,
+            rule="date_format",
+            hint="use strptime directives, e.g. '%d/%m/%Y %H:%M' (a literal percent sign is %%)",
+        ) from None
+
+
 def parse_timestamps(
     values: pd.Series, *, column: str = "order_ts", date_format: str | None = None
 ) -> tuple[pd.Series, str, list[str]]:
@@ -82,14 +123,17 @@ def parse_timestamps(
     (parsed, format used, notes)
     """
     notes: list[str] = []
+    if date_format is not None:
+        _check_date_format(date_format, column)
     if isinstance(values.dtype, pd.DatetimeTZDtype):
         notes.append(f"{column}: time zone {values.dt.tz} converted to UTC")
-        return (
-            values.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[ns]"),
-            "native",
-            notes,
-        )
+        naive = values.dt.tz_convert("UTC").dt.tz_localize(None)
+        rows = np.where(naive.notna().to_numpy(), np.arange(len(values)), -1)
+        naive = _clamp_to_ns(naive, rows, values, column, notes)
+        return naive.astype("datetime64[ns]"), "native", notes
     if pd.api.types.is_datetime64_any_dtype(values):
+        rows = np.where(values.notna().to_numpy(), np.arange(len(values)), -1)
+        values = _clamp_to_ns(values, rows, values, column, notes)
         return values.astype("datetime64[ns]"), "native", notes
     if pd.api.types.is_numeric_dtype(values):
         # e.g. 19970101 stored as a number
@@ -118,7 +162,8 @@ def parse_timestamps(
         )
 
     def expand(parsed_uniq: pd.Series) -> pd.Series:
-        vals = parsed_uniq.to_numpy(dtype="datetime64[ns]")
+        parsed_uniq = _clamp_to_ns(parsed_uniq, codes, values, column, notes)
+        vals = parsed_uniq.astype("datetime64[ns]").to_numpy()
         out = np.where(present, vals[np.where(present, codes, 0)], np.datetime64("NaT", "ns"))
         return pd.Series(out, index=values.index, dtype="datetime64[ns]")
 
@@ -211,6 +256,38 @@ def parse_timestamps(
 
 
 _CURRENCY_RE = re.compile(r"[£$€¥\s\u00a0]|(?i:usd|eur|gbp)")
+# A value that can only be read with a decimal comma (1.234,56 / 12,5 / 1.234.567) or only
+# with a decimal point (1,234.56 / 3.50 / 1,234,567); "1,234" or "1.234" fit either.
+_DECIMAL_COMMA_RE = re.compile(
+    r"^[+-]?(?:\d{1,3}(?:\.\d{3})+,\d*|\d*,(?:\d{1,2}|\d{4,})|\d{1,3}(?:\.\d{3}){2,})$"
+)
+_DECIMAL_POINT_RE = re.compile(
+    r"^[+-]?(?:\d{1,3}(?:,\d{3})+\.\d*|\d*\.(?:\d{1,2}|\d{4,})|\d{1,3}(?:,\d{3}){2,})$"
+)
+
+
+def _check_one_decimal_convention(stripped: pd.Series, values: pd.Series, column: str) -> None:
+    """Refuse a column in which some values can only be read with a decimal comma and others
+    only with a decimal point (``€1.234,56`` beside ``1,234.56``): either reading makes some
+    values 1000x wrong."""
+    comma = stripped.str.match(_DECIMAL_COMMA_RE).fillna(False).to_numpy(dtype=bool)
+    point = stripped.str.match(_DECIMAL_POINT_RE).fillna(False).to_numpy(dtype=bool)
+    if not (comma.any() and point.any()):
+        return
+    c_rows, p_rows = _row_samples(comma, values, 3), _row_samples(point, values, 3)
+
+    def show(rows: list) -> str:
+        return ", ".join(f"row {r}: {shorten(repr(v), 40)}" for r, v in rows)
+
+    raise DataContractError(
+        f"the column mixes decimal conventions: {int(comma.sum())} values need a decimal "
+        f"comma ({show(c_rows)}) and {int(point.sum())} a decimal point ({show(p_rows)}); "
+        "read either way some amounts would be 1000x wrong",
+        column=column,
+        rule="mixed_decimal_separators",
+        rows=sorted(c_rows[:2] + p_rows[:2]),
+        hint="export the column with one number format (fix those rows)",
+    )
 
 
 def parse_numbers(values: pd.Series, *, column: str) -> tuple[pd.Series, list[str]]:
@@ -234,6 +311,7 @@ def parse_numbers(values: pd.Series, *, column: str) -> tuple[pd.Series, list[st
     bad = num.isna().to_numpy() & present
     if bad.any():
         stripped = text.str.replace(_CURRENCY_RE, "", regex=True)
+        _check_one_decimal_convention(stripped, values, column)
         has_comma = stripped.str.contains(",", regex=False).fillna(False)
         decimal_comma = bool(stripped[has_comma].str.contains(r",\d{1,2}$|,\d{4,}$").any())
         if decimal_comma:

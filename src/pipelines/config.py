@@ -218,6 +218,14 @@ def _read(path: str | Path | None, overrides: dict[str, Any] | None) -> tuple[di
             raise ConfigError(f"config file not found: {p}")
         try:
             raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as exc:
+            line = p.read_bytes()[: exc.start].count(b"\n") + 1
+            raise ConfigError(
+                f"{p} is not UTF-8 text: byte {exc.object[exc.start : exc.start + 1]!r} on "
+                f"line {line} ({exc.reason}); save the config as UTF-8"
+            ) from None
+        except OSError as exc:
+            raise ConfigError(f"config file {p} could not be read ({exc.strerror})") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{p} is not valid YAML: {exc}") from None
         if not isinstance(raw, dict):

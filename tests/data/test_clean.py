@@ -49,6 +49,7 @@ def test_every_rule_counted_exactly(raw):
     expected = {
         # rule: (matched_in_input, rows_dropped, customers_lost, amount_dropped)
         "invalid_values": (3, 3, 1, 5.0),
+        "implausible_timestamp": (0, 0, 0, 0.0),
         "missing_customer_id": (1, 1, 0, 5.0),
         "cancellations": (1, 1, 0, -5.0),
         "returns": (1, 1, 0, -8.0),
@@ -222,8 +223,9 @@ def test_report_outputs(raw, tmp_path):
     rep.to_json(path)
     d = json.loads(path.read_text())
     assert d["totals"]["rows_out"] == 4
-    assert [r["rule"] for r in d["rules"]][:3] == [
+    assert [r["rule"] for r in d["rules"]][:4] == [
         "invalid_values",
+        "implausible_timestamp",
         "missing_customer_id",
         "cancellations",
     ]
