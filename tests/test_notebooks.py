@@ -1,9 +1,12 @@
 """Every notebook in notebooks/ runs top to bottom on the sample data (executed with
-nbclient in this environment's kernel); outputs are kept out of git.
+nbclient in this environment's kernel) with the working directory Jupyter gives it, the
+``notebooks/`` folder; outputs are kept out of git and nothing is written there.
 
-The kernel reads a real MLflow store (``MLFLOW_TRACKING_URI``) holding one small
-``crmkit train`` run, so the cells that read the latest run (notebooks 03 and 04) execute
-for real and must show that run."""
+The kernel reads a real MLflow store holding one small ``crmkit train`` run, so the cells
+that read the latest run (notebooks 03 and 04) execute for real and must show that run: its
+id, when it finished and the store. The store is named by ``MLFLOW_TRACKING_URI``, or - as
+in a fresh clone after ``make demo`` - found as the project's ``mlruns/`` from
+``notebooks/``."""
 
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ def train_store(tmp_path_factory):
     cfg = small_train_config()  # the fault tests' short settings
     uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
     res = run_train(data, cfg, as_of=str(sim.truth.params.cutoff), tracking_uri=uri)
-    return SimpleNamespace(uri=uri, run_id=res.run_id)
+    return SimpleNamespace(uri=uri, run_id=res.run_id, root=root)
 
 
 def test_there_are_notebooks():
@@ -49,30 +52,62 @@ def _text(output) -> str:
     return data.get("text/plain", "") + data.get("text/html", "")
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-def test_notebook_is_stripped_and_runs(path: Path, tmp_path: Path, monkeypatch, train_store):
+def _execute(nb, cwd: Path) -> list:
+    """Run ``nb`` with the kernel's working directory ``cwd``; its code cells."""
     from nbclient import NotebookClient
 
-    nb = nbformat.read(path, as_version=4)
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            assert not cell.outputs and cell.execution_count is None, f"{path.name}: outputs in git"
-    monkeypatch.chdir(tmp_path)  # any mlruns/ or out/ a notebook writes stays in tmp
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", train_store.uri)  # inherited by the kernel
     client = NotebookClient(
-        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}
     )
     client.execute()
     code = [c for c in nb.cells if c.cell_type == "code"]
     errors = [o for c in code for o in c.outputs if o.output_type == "error"]
-    assert not errors
+    assert not errors, [e.get("evalue") for e in errors]
+    return code
+
+
+def _shows_the_run(code: list, train_store) -> None:
+    """The cells reading the latest run found it and show which run, when and which store."""
+    for cell in [c for c in code if "latest_train_run(" in c.source]:
+        text = "".join(_text(o) for o in cell.outputs)
+        assert f"train run {train_store.run_id} (as_of " in text, text[:2000]
+        assert "finished 20" in text and " UTC, store sqlite:///" in text, text[:2000]
+        assert str(train_store.root / "mlruns" / "mlflow.db") in text, text[:2000]
+        assert "no finished `train` run" not in text
+        assert sum(o.output_type == "display_data" for o in cell.outputs) >= 2
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebook_is_stripped_and_runs(path: Path, monkeypatch, train_store):
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert not cell.outputs and cell.execution_count is None, f"{path.name}: outputs in git"
+    folder = path.parent  # Jupyter's working directory: the notebook's folder
+    before = sorted(p.name for p in folder.iterdir())
+    monkeypatch.chdir(folder)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", train_store.uri)  # inherited by the kernel
+    code = _execute(nb, folder)
     images = [o for c in code for o in c.outputs if "image/png" in o.get("data", {})]
     assert images, f"{path.name} shows no plot"
     mlflow_cells = [c for c in code if "latest_train_run(" in c.source]
     assert bool(mlflow_cells) == (path.name in READS_MLFLOW)
-    for cell in mlflow_cells:  # the cell found the run and showed its tables
-        text = "".join(_text(o) for o in cell.outputs)
-        assert train_store.run_id in text, text[:2000]
-        assert "no finished `train` run" not in text
-        assert sum(o.output_type == "display_data" for o in cell.outputs) >= 2
-    assert list(tmp_path.iterdir()) == []  # nothing written into the working directory
+    _shows_the_run(code, train_store)
+    assert sorted(p.name for p in folder.iterdir()) == before  # nothing written in notebooks/
+
+
+@pytest.mark.parametrize("name", sorted(READS_MLFLOW))
+def test_opened_from_notebooks_the_project_store_is_found(name, tmp_path, monkeypatch, train_store):
+    """A fresh clone after `make demo`: the store is the project's mlruns/ and Jupyter runs
+    the notebook in notebooks/ without MLFLOW_TRACKING_URI. Before, the notebook looked in
+    notebooks/mlruns/ and showed "no finished `train` run"."""
+    folder = train_store.root / "notebooks"  # beside the store's mlruns/
+    folder.mkdir(exist_ok=True)
+    copy = folder / name
+    copy.write_bytes((NOTEBOOKS[0].parent / name).read_bytes())
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(folder)
+    code = _execute(nbformat.read(copy, as_version=4), folder)
+    _shows_the_run(code, train_store)
+    copy.unlink()
+    assert list(folder.iterdir()) == []  # nothing written in notebooks/
