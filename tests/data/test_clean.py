@@ -232,4 +232,4 @@ def test_report_outputs(raw, tmp_path):
     assert d["config"]["as_of"].startswith("2023-01-09")
     text = rep.render()
     assert "exact_duplicates" in text and "110.95" in text
-    assert rep.to_frame().shape == (8, 9)
+    assert rep.to_frame().shape == (9, 9)  # rules x report columns
