@@ -67,6 +67,7 @@ def test_validate_writes_lines_and_report(tmp_path):
     dropped = {r["rule"]: r["rows_dropped"] for r in rep["rules"]}
     assert dropped == {
         "invalid_values": 0,
+        "implausible_timestamp": 0,
         "missing_customer_id": 1,
         "cancellations": 1,
         "returns": 0,
