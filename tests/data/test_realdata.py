@@ -40,6 +40,7 @@ def test_online_retail_report_counts(retail_parquet):
     # crmkit's own sequence, explained rule by rule.
     assert t["rows_dropped"].to_dict() == {
         "invalid_values": 0,
+        "implausible_timestamp": 0,
         "missing_customer_id": 135_080,
         "cancellations": 8_905,
         "returns": 0,
