@@ -27,7 +27,7 @@ from crmkit.data.parse import (
     parse_numbers,
     parse_timestamps,
 )
-from crmkit.data.presets import detect_preset, preset_mapping, resolve_preset
+from crmkit.data.presets import choose_preset
 from crmkit.data.read_checks import (
     check_gzip,
     check_swallowed_lines,
@@ -455,16 +455,7 @@ def load_transactions(
         )
         src = str(source)
 
-    notes: list[str] = []
-    chosen = resolve_preset(preset)
-    if chosen is None and not mapping:
-        chosen = detect_preset(table.columns)
-        if chosen is not None:
-            notes.append(f"preset: {chosen.name} (recognised from the file's headers)")
-    elif chosen is not None:
-        notes.append(f"preset: {chosen.name}")
-    if chosen is not None:
-        mapping = preset_mapping(table.columns, chosen, mapping)
+    chosen, mapping, notes = choose_preset(table.columns, preset, mapping)
     columns = recognise_columns(table.columns, mapping)
     by_canon = {v: k for k, v in columns.items()}
     if info.get("encoding"):

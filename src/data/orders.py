@@ -31,6 +31,7 @@ __all__ = [
     "cancellation_convention",
     "convention_holds",
     "status_mask",
+    "partial_note",
     "rejected_note",
 ]
 
@@ -163,14 +164,17 @@ def status_mask(status: pd.Series, excluded: Sequence[str]) -> tuple[np.ndarray,
     norm = normalise_status(status)
     wanted = set(normalise_status(pd.Series(list(excluded), dtype="str")).dropna())
     mask = norm.isin(wanted).to_numpy(dtype=bool)
-    partial = int((norm == "partially_refunded").sum())
-    note = (
-        f"order_status: {partial:,} lines of partially refunded orders kept at their full price "
+    return mask, partial_note(int((norm == "partially_refunded").sum()))
+
+
+def partial_note(lines: int) -> str | None:
+    """The note counting lines of partially refunded orders (``None`` for none)."""
+    if not lines:
+        return None
+    return (
+        f"order_status: {lines:,} lines of partially refunded orders kept at their full price "
         "(the export's refunded amount is not subtracted)"
-        if partial
-        else None
     )
-    return mask, note
 
 
 def rejected_note(rejected: Sequence[str]) -> str:

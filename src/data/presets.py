@@ -33,7 +33,14 @@ from dataclasses import dataclass, field
 
 from crmkit.errors import DataContractError
 
-__all__ = ["Preset", "PRESETS", "resolve_preset", "preset_mapping", "detect_preset"]
+__all__ = [
+    "Preset",
+    "PRESETS",
+    "resolve_preset",
+    "preset_mapping",
+    "detect_preset",
+    "choose_preset",
+]
 
 
 @dataclass(frozen=True)
@@ -209,3 +216,22 @@ def preset_mapping(
                 break
     out.update(explicit)
     return out
+
+
+def choose_preset(
+    headers: Iterable[object], preset: str | None, mapping: Mapping[str, str] | None
+) -> tuple[Preset | None, dict[str, str] | None, list[str]]:
+    """The preset for a file (``preset``, else the one its headers identify when no mapping is
+    given), the column mapping to use and the loader's note (shared by both engines)."""
+    headers = list(headers)
+    chosen = resolve_preset(preset)
+    notes: list[str] = []
+    if chosen is None and not mapping:
+        chosen = detect_preset(headers)
+        if chosen is not None:
+            notes.append(f"preset: {chosen.name} (recognised from the file's headers)")
+    elif chosen is not None:
+        notes.append(f"preset: {chosen.name}")
+    if chosen is not None:
+        mapping = preset_mapping(headers, chosen, mapping)
+    return chosen, (dict(mapping) if mapping else None), notes

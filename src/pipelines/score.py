@@ -108,12 +108,13 @@ def load_scorer(model_uri: str, *, trust_model_dir: bool = False) -> tuple[Any, 
 
 def reading_options(trained: Any, config: Any = None) -> Any:
     """The ``data:`` section to read a file to score: the one stored with the model at
-    training, with every key the caller's ``config.data`` sets explicitly (CLI flags, score
-    YAML) taking its place."""
+    training, with every key the caller's ``config.data`` sets to a value (CLI flags, score
+    YAML; a key left out, ``null`` or ``{}`` keeps the model's) taking its place."""
     given = getattr(config, "data", None) if config is not None else None
     if given is None:
         return trained
     update = {k: getattr(given, k) for k in given.model_fields_set}
+    update = {k: v for k, v in update.items() if v is not None and v != {} and v != []}
     return trained.model_copy(update=update)
 
 

@@ -45,7 +45,7 @@ import gzip
 import io
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,13 +73,28 @@ from crmkit.data.io import (
     _detect_encoding,
     _looks_like_header,
 )
+from crmkit.data.orders import fill_note, partial_note, rejected_note
 from crmkit.data.output import staged_output
 from crmkit.data.parse import _CURRENCY_RE, _NA_STRINGS, _TZ_RE, DATE_FORMATS, _try_format
-from crmkit.data.schema import CLEAN_COLUMNS, NUMERIC_COLUMNS, OPTIONAL_COLUMNS, recognise_columns
+from crmkit.data.presets import choose_preset
+from crmkit.data.schema import (
+    CLEAN_COLUMNS,
+    NUMERIC_COLUMNS,
+    OPTIONAL_COLUMNS,
+    STATUS_COLUMNS,
+    recognise_columns,
+)
 from crmkit.errors import DataContractError
 from crmkit.pipelines.config import DataConfig, PipelineConfig
 from crmkit.pipelines.validate import LINES_FILE, REPORT_FILE
 from crmkit.spark.features import LINE_ORDER, _timestamp_ns
+from crmkit.spark.orders import (
+    cancellation_convention,
+    excluded_statuses,
+    fill_order_fields,
+    partial_refund_lines,
+    status_column,
+)
 from crmkit.spark.session import NANOS_AS_LONG, spark_session
 
 __all__ = [
@@ -671,7 +686,8 @@ def read_raw(
     d = data or DataConfig()
     src = str(path)
     raw, headers, info = _read_source(spark, src, d)
-    columns = recognise_columns(headers, d.columns or None)
+    chosen, mapping, notes = choose_preset(headers, d.preset, d.columns or None)
+    columns = recognise_columns(headers, mapping)
     by_canon = {v: k for k, v in columns.items()}
     pos = {h: i for i, h in enumerate(headers)}
     dtypes = {h: raw.schema[f"c{pos[h]}"].dataType for h in headers}
@@ -686,7 +702,6 @@ def read_raw(
         h = by_canon[canon]
         return canon if h == canon else f"{canon} ({h})"
 
-    notes: list[str] = []
     if info.get("encoding"):
         notes.append(f"encoding: {info['encoding']}")
     if info.get("delimiter"):
@@ -695,7 +710,7 @@ def read_raw(
     if renamed:
         notes.append("columns: " + ", ".join(f"{h!r} -> {c}" for h, c in renamed.items()))
 
-    ids = [c for c in _ID_COLUMNS if c in by_canon]
+    ids = [c for c in (*_ID_COLUMNS, *STATUS_COLUMNS) if c in by_canon]
     nums = [c for c in NUMERIC_COLUMNS if c in by_canon]
     ns = info.get("ns_columns")
     ts_is_ns = isinstance(dtype("order_ts"), T.LongType) and (
@@ -757,6 +772,15 @@ def read_raw(
     for c in ("order_id", *OPTIONAL_COLUMNS):
         if c in by_canon:
             out[c] = _id_column(c, dtype(c), col(c), stats)
+    status = status_column(
+        *(
+            _id_column(c, dtype(c), col(c), stats) if c in by_canon else None
+            for c in STATUS_COLUMNS
+        ),
+        chosen.status_values if chosen is not None else None,
+    )
+    if status is not None:
+        out["order_status"] = status
     # two steps, so that the derived order id reads the parsed customer id and timestamp
     frame = raw.select(*[e.alias(k) for k, e in out.items()], F.col(LINE_ORDER))
     if "order_id" not in by_canon:
@@ -767,7 +791,11 @@ def read_raw(
             "order_id", F.concat(F.col("customer_id"), F.lit("@"), F.date_format(day, "yyyy-MM-dd"))
         )
         notes.append("no order column: each customer-day is one order")
+    else:
+        frame, filled = fill_order_fields(frame, LINE_ORDER)
+        notes += [fill_note(filled)] if filled else []
     order = [c for c in CLEAN_COLUMNS if c in frame.columns]
+    order += ["order_status"] if status is not None else []
     return RawLines(
         frame=frame.select(*order, LINE_ORDER),
         source=src,
@@ -840,7 +868,24 @@ def _mark(
     cols = [c for c in CLEAN_COLUMNS if c in df.columns]
     has_products = "product_id" in cols
     derived_orders = not data.columns or "order_id" not in data.columns.values()
-    plan = rule_plan(cfg, has_products=has_products, derived_orders=derived_orders)
+    has_status = "order_status" in df.columns
+    extra: list[str] = []
+    if has_status:
+        note = partial_note(partial_refund_lines(df))
+        extra += [note] if note else []
+    prefixes, rejected = tuple(cfg.cancellation_prefixes), ()
+    if prefixes and cfg.cancellation_convention == "auto":
+        prefixes, rejected = cancellation_convention(df, prefixes)
+        extra += [rejected_note(rejected)] if rejected else []
+    if extra:
+        data = replace(data, notes=[*data.notes, *extra])
+    plan = rule_plan(
+        cfg,
+        has_products=has_products,
+        derived_orders=derived_orders,
+        has_status=has_status,
+        rejected_prefixes=rejected,
+    )
 
     q, price, amount = F.col("quantity"), F.col("unit_price"), F.col("amount")
     ts, cust = F.col("order_ts"), F.col("customer_id")
@@ -848,9 +893,13 @@ def _mark(
     masks["invalid_values"] = (
         ts.isNull() | ~_finite(q) | (q == 0) | ~_finite(price) | ~_finite(amount)
     )
+    if has_status:
+        wanted = excluded_statuses(cfg.excluded_statuses)
+        hit = F.col("order_status").isin(wanted) if wanted else F.lit(False)
+        masks["order_status"] = F.coalesce(hit, F.lit(False))
     masks["missing_customer_id"] = cust.isNull()
     cancel = F.lit(False)
-    for p in cfg.cancellation_prefixes:
+    for p in prefixes:
         cancel = cancel | F.coalesce(F.col("order_id").startswith(p), F.lit(False))
     masks["cancellations"] = cancel
     masks["returns"] = F.coalesce(q < 0, F.lit(False)) & ~cancel

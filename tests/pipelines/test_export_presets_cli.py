@@ -133,3 +133,17 @@ def test_train_with_preset_then_score_the_raw_export_with_no_flags(shop):
         if r.data.tags["crmkit.stage"] != "validate":
             local = client.download_artifacts(r.info.run_id, "quality_report.json", str(root))
             assert json.loads(Path(local).read_text())["warnings"] == q["warnings"]
+
+
+def test_score_config_keys_left_null_keep_the_models_reading_options():
+    """pipelines/score.yaml spells every data: key as null: the model's options stay, and only
+    a key given a value (a flag, a YAML value) replaces the model's."""
+    from crmkit.pipelines.config import DataConfig, load_score_config
+    from crmkit.pipelines.score import reading_options
+
+    trained = DataConfig(preset="shopify", columns={"Shipping Country": "country"}, delimiter=";")
+    repo_yaml = Path(__file__).resolve().parents[2] / "pipelines" / "score.yaml"
+    assert reading_options(trained, load_score_config(repo_yaml)) == trained
+    flags = load_score_config(repo_yaml, overrides={"data": {"delimiter": ",", "preset": None}})
+    got = reading_options(trained, flags)
+    assert (got.delimiter, got.preset, got.columns) == (",", "shopify", trained.columns)
