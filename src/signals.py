@@ -9,9 +9,18 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import FrameType
 
-__all__ = ["Terminated", "raise_on_sigterm", "EXIT_CODE"]
+__all__ = [
+    "Terminated",
+    "raise_on_sigterm",
+    "EXIT_CODE",
+    "block_sigterm",
+    "unblock_sigterm",
+    "sigterm_deferred",
+]
 
 #: Exit status of a command ended by SIGTERM (128 + 15, the shell convention).
 EXIT_CODE = 128 + signal.SIGTERM
@@ -41,3 +50,29 @@ def raise_on_sigterm() -> bool:
         return False
     signal.signal(signal.SIGTERM, _handler)
     return True
+
+
+def block_sigterm() -> object:
+    """Hold SIGTERM back in this thread (it stays pending); returns the previous mask for
+    :func:`unblock_sigterm` (``None`` where the system has no ``pthread_sigmask``)."""
+    if not hasattr(signal, "pthread_sigmask"):
+        return None
+    return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+
+def unblock_sigterm(previous: object) -> None:
+    """Restore the mask :func:`block_sigterm` returned; a SIGTERM that arrived meanwhile is
+    delivered now (its handler raises :class:`Terminated` here)."""
+    if previous is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # type: ignore[arg-type]
+
+
+@contextmanager
+def sigterm_deferred() -> Iterator[None]:
+    """Run a short step that must not be cut in half (ending an MLflow run) with SIGTERM
+    held back; it is delivered when the step is done."""
+    held = block_sigterm()
+    try:
+        yield
+    finally:
+        unblock_sigterm(held)

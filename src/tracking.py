@@ -207,24 +207,38 @@ def stage_run(
     name: str, *, nested: bool = False, tags: dict[str, str] | None = None
 ) -> Iterator[Any]:
     """Open an MLflow run for a pipeline stage; an exception inside marks it FAILED (and is
-    re-raised), success marks it FINISHED. A store that cannot record the run (read-only,
+    re-raised), success marks it FINISHED. Interruptions are exceptions too: Ctrl-C
+    (``KeyboardInterrupt``) and, in the CLI, SIGTERM (:class:`crmkit.signals.Terminated`),
+    so a stopped job leaves no run RUNNING. A store that cannot record the run (read-only,
     unreachable) raises :class:`TrackingError` naming the store."""
     import mlflow
 
+    from crmkit.signals import block_sigterm, sigterm_deferred, unblock_sigterm
+
+    # SIGTERM is held back while MLflow starts or ends the run, so that it never leaves a
+    # run half-started or half-ended (RUNNING); it is delivered right after.
+    held = block_sigterm()
     try:
         with _quiet_db_errors():
             run = mlflow.start_run(run_name=name, nested=nested, tags=tags)
     except Exception as exc:  # MlflowException, sqlalchemy / connection errors
+        unblock_sigterm(held)
         raise TrackingError(
             f"the MLflow tracking store {mlflow.get_tracking_uri()} cannot record the "
             f"{name!r} run: {_describe(exc)}"
         ) from None
+    except BaseException:
+        unblock_sigterm(held)
+        raise
     try:
+        unblock_sigterm(held)  # a SIGTERM held back is raised here, inside the run
         yield run
     except BaseException:
-        mlflow.end_run(status="FAILED")
+        with sigterm_deferred():
+            mlflow.end_run(status="FAILED")
         raise
-    mlflow.end_run(status="FINISHED")
+    with sigterm_deferred():
+        mlflow.end_run(status="FINISHED")
 
 
 def flat_metrics(d: dict[str, Any], prefix: str = "") -> dict[str, float]:
