@@ -83,7 +83,8 @@ def test_each_project_has_its_own_registered_model_and_champion(shops, runs):
     assert runs["demo"].promoted and runs["retail"].promoted
     demo = client.get_model_version_by_alias("crmkit-demo", "champion")
     retail = client.get_model_version_by_alias("crmkit-retail", "champion")
-    assert (str(demo.version), str(retail.version)) == ("1", "1")  # neither run moved the other's alias
+    # neither run moved the other's alias
+    assert (str(demo.version), str(retail.version)) == ("1", "1")
     assert demo.tags["crmkit.project"] == "demo" and retail.tags["crmkit.project"] == "retail"
     assert demo.tags["crmkit.data.source"] == "demo_lines.parquet"
     assert retail.tags["crmkit.data.source"] == "online_retail_slice.parquet"
