@@ -622,9 +622,12 @@ def _empty_audience(spark: SparkSession) -> DataFrame:
 def _write_csv(frame: DataFrame, path: Path) -> None:
     """One CSV file as pandas writes it (header, ``"`` doubled inside quoted fields, null as an
     empty field): Spark writes the rows in rank order as part files, which are concatenated."""
+    from crmkit.spark.csv_cells import neutralise_csv_cells  # as the local CSV writer
+
     parts = path.with_name(f".{path.name}.parts")
     (
-        frame.orderBy("rank")
+        neutralise_csv_cells(frame)
+        .orderBy("rank")
         .write.mode("overwrite")
         .option("header", "false")
         .option("escape", '"')
