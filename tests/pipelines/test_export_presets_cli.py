@@ -147,3 +147,14 @@ def test_score_config_keys_left_null_keep_the_models_reading_options():
     flags = load_score_config(repo_yaml, overrides={"data": {"delimiter": ",", "preset": None}})
     got = reading_options(trained, flags)
     assert (got.delimiter, got.preset, got.columns) == (",", "shopify", trained.columns)
+
+
+def test_unknown_preset_exits_2_naming_the_rule(tmp_path):
+    src = tmp_path / "orders.csv"
+    src.write_text("customer_id,order_ts,amount\nc1,2023-01-01,5\n")
+    res = _crmkit(
+        "validate", str(src), "--out", str(tmp_path / "v"), "--preset", "bigcommerce", cwd=tmp_path
+    )
+    assert res.returncode == 2
+    assert "rule 'preset'" in res.stderr and "shopify" in res.stderr
+    assert "Traceback" not in res.stderr and not (tmp_path / "v").exists()
