@@ -31,6 +31,7 @@ from crmkit.data.presets import choose_preset
 from crmkit.data.read_checks import (
     check_gzip,
     check_swallowed_lines,
+    count_lines,
     eof_in_quote_error,
     read_excel_sheet,
 )
@@ -248,12 +249,12 @@ def read_table(
     info["file_format"] = "csv"
     compression = "infer"
     opener = open
-    gzip_utf8 = False
+    gzip_utf8, n_lines = False, None
     if suffixes.endswith(".gz"):
         import gzip
 
         opener = gzip.open  # type: ignore[assignment]
-        gzip_utf8 = check_gzip(p)
+        gzip_utf8, n_lines = check_gzip(p)
     try:
         with opener(p, "rb") as fh:
             sample = fh.read(_SAMPLE_BYTES)
@@ -313,7 +314,9 @@ def read_table(
             frame = None
     if frame is None:
         frame = _read_csv_c(p, delimiter, encoding, names, compression, info)
-    check_swallowed_lines(frame, p, delimiter)
+    if n_lines is None and not suffixes.endswith((".zip", ".bz2", ".xz", ".zst")):
+        n_lines = count_lines(p)
+    check_swallowed_lines(frame, p, delimiter, n_lines)
     frame.columns = [str(c).lstrip("\ufeff").strip() for c in frame.columns]
     if names is None:
         _check_mangled_duplicates(list(frame.columns))

@@ -18,6 +18,7 @@ from crmkit.errors import DataContractError, shorten
 
 __all__ = [
     "check_gzip",
+    "count_lines",
     "check_swallowed_lines",
     "eof_in_quote_error",
     "resolve_sheet",
@@ -27,7 +28,17 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-def check_gzip(path: Path) -> bool:
+def count_lines(path: Path) -> int:
+    """Lines of a plain text file (line feeds, plus one for a last line without one)."""
+    n, last = 0, b"\n"
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            n += chunk.count(b"\n")
+            last = chunk[-1:]
+    return n + (last != b"\n")
+
+
+def check_gzip(path: Path) -> tuple[bool, int]:
     """Decompress the whole gzip stream once.
 
     Parameters
@@ -37,8 +48,8 @@ def check_gzip(path: Path) -> bool:
 
     Returns
     -------
-    bool
-        Whether the decompressed bytes are valid UTF-8.
+    (utf8, lines)
+        Whether the decompressed bytes are valid UTF-8, and how many lines they hold.
 
     Raises
     ------
@@ -48,13 +59,15 @@ def check_gzip(path: Path) -> bool:
     """
     import gzip
 
-    n = 0
+    n, lines, last = 0, 0, b"\n"
     dec = codecs.getincrementaldecoder("utf-8")()
     utf8 = True
     try:
         with gzip.open(path, "rb") as fh:
             while chunk := fh.read(1 << 16):
                 n += len(chunk)
+                lines += chunk.count(b"\n")
+                last = chunk[-1:]
                 if utf8:
                     try:
                         dec.decode(chunk)
@@ -79,16 +92,21 @@ def check_gzip(path: Path) -> bool:
             dec.decode(b"", final=True)
         except UnicodeDecodeError:
             utf8 = False
-    return utf8
+    return utf8, lines + (last != b"\n")
 
 
-def check_swallowed_lines(frame: pd.DataFrame, path: Path, delimiter: str | None) -> None:
+def check_swallowed_lines(
+    frame: pd.DataFrame, path: Path, delimiter: str | None, n_lines: int | None = None
+) -> None:
     """Refuse a table in which a field holds whole lines of the file.
 
     A quote opened in a field and closed only lines later (or at another stray quote) makes
     the parser read the lines in between as the text of one field: those rows vanish
     without a word. A field holding a line break is legitimate (an address), but one whose
     later lines split into as many fields as the header is swallowed rows.
+
+    ``n_lines``, the file's line count, skips the search when every line became a row (or
+    the header).
 
     Raises
     ------
@@ -98,6 +116,8 @@ def check_swallowed_lines(frame: pd.DataFrame, path: Path, delimiter: str | None
     """
     n_cols = frame.shape[1]
     if delimiter is None or n_cols < 2 or frame.empty:
+        return
+    if n_lines is not None and len(frame) + 1 >= n_lines:
         return
     newlines = {}
     for col in frame.columns:

@@ -163,6 +163,8 @@ def test_a_far_future_row_does_not_move_the_scoring_date(shop, tmp_path):
         assert res.returncode == 0, res.stderr[-3000:]
         outs[name] = json.loads((tmp_path / name / "summary.json").read_text())
     assert outs["far"]["as_of"] == outs["clean"]["as_of"]
+    assert report_rule(tmp_path / "far", "implausible_timestamp")["rows_dropped"] == 1
+    assert report_rule(tmp_path / "clean", "implausible_timestamp")["rows_dropped"] == 0
     assert not outs["far"]["as_of"].startswith("2200")
     a = pd.read_parquet(tmp_path / "clean" / "customers.parquet")
     b = pd.read_parquet(tmp_path / "far" / "customers.parquet")
