@@ -124,12 +124,13 @@ class CleaningConfig(BaseModel):
     @field_validator("plausible_from", "plausible_to")
     @classmethod
     def _representable(cls, v: datetime | None) -> datetime | None:
-        # Timestamps outside 1678-2261 are read at the representable bounds; the range must
-        # leave those bounds out so that such lines are always dropped.
-        if v is not None and not datetime(1678, 1, 1) <= v.replace(tzinfo=None) < datetime(
-            2262, 1, 1
+        # Timestamps outside 1678-2261 are read at the representable bounds (1678-01-01,
+        # 2261-12-31 23:59:59.999999); the range must leave those bounds out so that such
+        # lines are always dropped.
+        if v is not None and not datetime(1678, 1, 1) < v.replace(tzinfo=None) < datetime(
+            2261, 12, 31
         ):
-            raise ValueError("must lie between 1678-01-01 and 2261-12-31")
+            raise ValueError("must lie after 1678-01-01 and before 2261-12-31")
         return v
 
     @field_validator("non_product_patterns")

@@ -413,3 +413,17 @@ def test_long_values_are_cut_in_every_error():
     assert "c" * 200 + "... (300 characters)" in text
     assert "(10,002 characters)" in text  # repr adds the quotes
     assert len(text) < 1000
+
+
+def test_unrepresentable_years_are_dropped_by_the_widest_plausible_range():
+    from crmkit.data.clean import clean_lines
+    from crmkit.data.io import load_transactions
+
+    frame = pd.DataFrame(
+        [r.split(",") for r in [*GOOD_ROWS, "c3,o4,2300-01-01,p1,1,1", "c4,o5,0001-01-01,p1,1,1"]],
+        columns=HEADER.split(","),
+    )
+    widest = {"plausible_from": "1678-01-02", "plausible_to": "2261-12-30"}
+    res = clean_lines(load_transactions(frame), widest)
+    assert res.lines["order_id"].tolist() == ["o1", "o2", "o3"]
+    assert res.report.rule("implausible_timestamp")["rows_dropped"] == 2
