@@ -312,7 +312,12 @@ def neutralise_csv_cells(frame: pd.DataFrame) -> pd.DataFrame:
     for i in range(frame.shape[1]):
         s = frame.iloc[:, i]
         if _is_text(s):
-            out.isetitem(i, s.astype(object).map(_neutralise))
+            cells = s.astype(object)
+            risky = cells.str[:1].isin(FORMULA_START).to_numpy()  # non-text cells: False
+            if risky.any():
+                cells = cells.copy()
+                cells[risky] = cells[risky].map(_neutralise)
+                out.isetitem(i, cells)
     if _is_text(out.index.to_series()):
         out.index = pd.Index([_neutralise(v) for v in out.index], name=_neutralise(out.index.name))
     out.columns = [_neutralise(c) for c in out.columns]
