@@ -427,3 +427,9 @@ def test_unrepresentable_years_are_dropped_by_the_widest_plausible_range():
     res = clean_lines(load_transactions(frame), widest)
     assert res.lines["order_id"].tolist() == ["o1", "o2", "o3"]
     assert res.report.rule("implausible_timestamp")["rows_dropped"] == 2
+    # the bounds themselves are where unrepresentable years are read: never plausible
+    from crmkit.errors import ConfigError
+
+    for key, bound in (("plausible_from", "1678-01-01"), ("plausible_to", "2261-12-31")):
+        with pytest.raises(ConfigError, match=key):
+            clean_lines(load_transactions(frame), {**widest, key: bound})
