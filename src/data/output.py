@@ -56,10 +56,11 @@ def staged_output(out_dir: str | os.PathLike, *, kind: str | None = None) -> Ite
 
     ``kind`` names the output set (``"score"``): entries the previous run of the same kind
     wrote and this one did not (``customers.parquet`` after a ``--format csv`` score) are
-    removed, only once the new set is in place. Without a ``kind``, and for every other file
-    in ``out_dir`` (a user's notes, another command's outputs), entries not written are kept. When the block raises, the staging folder is
-    removed and ``out_dir`` is left as it was. A process killed with SIGKILL leaves its
-    staging folder behind; the next run of that folder removes it.
+    removed, only once the new set is in place. Without a ``kind``, and for every other
+    file in ``out_dir`` (a user's notes, another command's outputs), entries not written
+    are kept. When the block raises, the staging folder is removed and ``out_dir`` is left
+    as it was. A process killed with SIGKILL leaves its staging folder behind; the next run
+    of that folder removes it.
     """
     out = Path(out_dir)
     if _inside_active_stage(out):
@@ -100,14 +101,14 @@ def _inside_active_stage(out: Path) -> bool:
 def _remove_stale_stagings(real: Path) -> None:
     """Staging folders of killed runs (the caller holds the folder's lock: no run is
     writing them)."""
-    stale = list(real.parent.glob(f".{glob_escape(real.name)}.staging-*"))
+    stale = list(real.parent.glob(f".{_glob_escape(real.name)}.staging-*"))
     if real.is_dir():
         stale += list(real.glob(f"{_INSIDE_STAGE}*"))
     for p in stale:
         shutil.rmtree(p, ignore_errors=True)
 
 
-def glob_escape(name: str) -> str:
+def _glob_escape(name: str) -> str:
     """``name`` with the glob characters ``*?[`` escaped."""
     return re.sub(r"([*?\[])", r"[\1]", name)
 

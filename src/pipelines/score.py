@@ -9,7 +9,8 @@ customer and writes, all-or-nothing (a staging folder renamed into place):
 - ``audiences/<action>.parquet`` and ``audiences/index.json`` - one ranked list per CRM action;
 - ``summary.json`` and ``quality_report.json``.
 
-``--format csv`` writes CSV instead of Parquet. The scoring run is recorded in MLflow
+``--format csv`` writes CSV instead of Parquet (text cells that a spreadsheet would run as
+formulas get a leading ``'``: :func:`crmkit.data.output.write_csv`). The scoring run is recorded in MLflow
 (aggregates only: counts, totals, the model version), FAILED when it fails.
 """
 
