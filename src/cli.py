@@ -218,7 +218,12 @@ def validate(
     delimiter: Annotated[
         Optional[str], typer.Option(help="Field delimiter (detected when not given).")  # noqa: UP045
     ] = None,
-    sheet: Annotated[Optional[str], typer.Option(help="Excel sheet name.")] = None,  # noqa: UP045
+    sheet: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            help="Excel sheet name or index (0 is the first; default: the first holding data)."
+        ),
+    ] = None,
     names: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option(help="Comma-separated column names for a file without a header row."),
