@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = [
+    "P_ALIVE_MEANING",
     "MIN_MEAN_DROPOUT",
     "MAX_YEAR_SURVIVAL",
     "model_kind",
@@ -40,6 +41,13 @@ __all__ = [
     "p_alive_note",
 ]
 
+#: What ``p_alive`` means, as the score summary (``summary.json`` ``p_alive``) says it.
+P_ALIVE_MEANING = (
+    "probability that the customer is still active (can buy again) under the purchase model "
+    "(clv.model), given their frequency, recency and age; missing where it is not a "
+    "measurement: BG/NBD one-time buyers (1 by construction) and every customer when the fit "
+    "finds no dropout (notes say how many)"
+)
 #: BG/NBD, MBG/NBD: below this mean dropout probability per purchase the fit has no dropout.
 MIN_MEAN_DROPOUT = 1e-3
 #: Pareto/NBD: above this average one-year survival the fit has no dropout.

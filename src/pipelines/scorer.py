@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from crmkit.errors import DataContractError
+from crmkit.models.p_alive import P_ALIVE_MEANING
 
 __all__ = [
     "CustomerScorer",
@@ -209,6 +210,7 @@ class ScoreOutput:
             "expected_purchases_total": float(c["expected_purchases"].sum()),
             "churn_high_risk": int((c["churn_risk_band"] == "high").sum()),
             "recommendations": int(len(self.recommendations)),
+            "p_alive": P_ALIVE_MEANING,
         }
 
 

@@ -21,6 +21,7 @@ from crmkit.data.output import write_csv
 from crmkit.errors import DataContractError
 from crmkit.features.segments import DEFAULT_SEGMENT_RULES
 from crmkit.models.actions import ACTIONS
+from crmkit.models.p_alive import P_ALIVE_MEANING
 from crmkit.pipelines.features import FeaturesConfig
 from crmkit.spark.features import (
     customer_table,
@@ -132,6 +133,7 @@ def score_summary(customers: DataFrame, n_recommendations: int, as_of: pd.Timest
         "expected_purchases_total": float(row["ep"] or 0.0),
         "churn_high_risk": int(row["high"] or 0),
         "recommendations": int(n_recommendations),
+        "p_alive": P_ALIVE_MEANING,
     }
 
 

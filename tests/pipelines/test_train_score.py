@@ -201,7 +201,9 @@ def test_score_outputs(scored, sample):
     once = customers["frequency"] == 0  # BG/NBD: P(alive) 1 by construction, reported missing
     assert customers.loc[~once, "p_alive"].between(0, 1).all()
     assert customers.loc[once, "p_alive"].isna().all() and once.any()
-    said = json.loads((out / "summary.json").read_text())["notes"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["p_alive"].startswith("probability that the customer is still active")
+    said = summary["notes"]
     assert f"p_alive is missing for {int(once.sum()):,} one-time buyers" in " ".join(said)
     assert (customers["clv"] >= 0).all() and customers["clv"].sum() > 0
     assert customers["churn_probability"].between(0, 1).all()

@@ -102,7 +102,7 @@ def test_spark_score_equals_local_score(spark, tmp_path, monkeypatch):
     gs = json.loads((tmp_path / "spark/summary.json").read_text())
     for key in ("as_of", "customers", "segments", "next_best_action", "churn_high_risk"):
         assert gs[key] == ls[key], key
-    for key in ("recommendations", "audiences", "model"):
+    for key in ("recommendations", "audiences", "model", "p_alive"):
         assert gs[key] == ls[key], key
     for key in ("clv_total", "clv_mean", "expected_purchases_total"):
         assert gs[key] == pytest.approx(ls[key], rel=1e-9), key
