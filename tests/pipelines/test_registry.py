@@ -152,3 +152,31 @@ def test_model_name_from_the_project():
     assert registered_model_name(None) == "crmkit-customer-scorer"
     assert registered_model_name("acme") == "crmkit-acme"
     assert registered_model_name("acme", "custom") == "custom"
+
+
+def test_score_cli_project_scores_with_that_shops_champion(shops, runs, tmp_path):
+    """`crmkit score --project demo` uses crmkit-demo@champion (version 1, not the retail
+    shop's model nor the demo project's unpromoted versions); a bad name is exit 2."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    crmkit = str(Path(sys.executable).with_name("crmkit"))
+    data, as_of = shops["demo"]
+    args = [crmkit, "score", str(data), "--as-of", as_of, "--tracking-uri", shops["store"]]
+    run = subprocess.run(
+        [*args, "--project", "demo", "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "with models:/crmkit-demo@champion (version 1)" in run.stdout, run.stdout[-2000:]
+    bad = subprocess.run(
+        [*args, "--project", "two words", "--out", str(tmp_path / "bad")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert bad.returncode == 2 and "registry.project" in bad.stderr + bad.stdout
+    assert "Traceback" not in bad.stderr
