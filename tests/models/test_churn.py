@@ -533,8 +533,11 @@ def test_bad_input_raises_data_contract_errors(sim_lines):
     with pytest.raises(DataContractError, match="churners and") as exc:
         compute_churn(tiny, SIM_AS_OF, ChurnConfig(**SMALL))
     assert exc.value.rule == "too_few_per_class"
+    # a short history refuses when adapt_history is off (adapting: test_churn_short_history)
     with pytest.raises(DataContractError, match="training cutoff"):
-        compute_churn(sim_lines, "2022-08-05", ChurnConfig(min_history_days=30))
+        compute_churn(
+            sim_lines, "2022-08-05", ChurnConfig(min_history_days=30, adapt_history=False)
+        )
     with pytest.raises(ValueError):
         ChurnConfig(unknown_key=1)
     with pytest.raises(ValueError):
