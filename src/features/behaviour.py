@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from crmkit.data.clean import analysis_cutoff
+from crmkit.data.orders import convention_holds, id_shape
 from crmkit.errors import DataContractError
 from crmkit.features.rfm import factorize_customers
 
@@ -225,6 +226,36 @@ def _is_q4_day(days: np.ndarray) -> np.ndarray:
     return (month >= 9)[days - d0]
 
 
+def _cancelled_ids(
+    uniques: pd.Index, codes: np.ndarray, quantity: np.ndarray, prefixes: tuple[str, ...]
+) -> np.ndarray:
+    """Which distinct order ids (``uniques``; ``codes`` maps every line to one) are cancelled
+    orders: those starting with a prefix that the lines show as a cancellation convention,
+    decided as the cleaning rule decides it (:func:`crmkit.data.orders.convention_holds` on
+    all the given lines: the prefixed lines mostly negative, the rest of their ids shaped like
+    the other order ids). Ordinary orders such as ``CA-2019-103800`` or ``CUST-17`` are not
+    cancellations."""
+    cancel = np.zeros(len(uniques), dtype=bool)
+    if not prefixes or not len(uniques):
+        return cancel
+    text = pd.Series(uniques.astype(str), dtype="str")
+    shapes = None
+    for p in prefixes:
+        pref_u = text.str.startswith(p).to_numpy(dtype=bool)
+        if not pref_u.any():
+            continue
+        if shapes is None:
+            shapes = id_shape(text)
+        pref = pref_u[codes]
+        plain = set(shapes[~pref_u])
+        match_u = np.zeros(len(uniques), dtype=bool)
+        match_u[pref_u] = id_shape(text[pref_u].str.slice(len(p))).isin(plain).to_numpy()
+        negative = int((pref & (quantity < 0)).sum())
+        if convention_holds(int(pref.sum()), negative, int(match_u[codes].sum())):
+            cancel |= pref_u
+    return cancel
+
+
 # --------------------------------------------------------------------------------------------
 # the features
 
@@ -258,7 +289,10 @@ def behaviour_features(
         before the prediction window ``[C, C + h days)``.
     cancellation_prefixes
         Order-id prefixes that mark cancelled orders (as clean_lines'
-        ``cancellation_prefixes``); empty for none.
+        ``cancellation_prefixes``); empty for none. A prefix counts only where the lines
+        show the convention, as the cleaning rule decides it (``cancellation_convention:
+        auto``): ids such as ``CA-2019-103800`` or ``CUST-17`` on ordinary, positive lines
+        are ordinary orders.
     categoricals
         Columns whose usual value per customer becomes a ``category`` column, when present in
         ``lines``.
@@ -369,11 +403,8 @@ def behaviour_features(
     seen = np.bincount(o, minlength=n_ord) > 0
     is_purchase = np.bincount(o[pos], minlength=n_ord) > 0
     is_return = np.bincount(o[q < 0], minlength=n_ord) > 0
-    if prefixes:
-        cancel_id = np.asarray(oid_uniques.astype(str).str.startswith(prefixes), dtype=bool)
-        is_cancel = np.bincount(o[cancel_id[oid]], minlength=n_ord) > 0
-    else:
-        is_cancel = np.zeros(n_ord, dtype=bool)
+    cancel_id = _cancelled_ids(oid_uniques, oid_all, qty_all, prefixes)
+    is_cancel = np.bincount(o[cancel_id[oid]], minlength=n_ord) > 0
     order_ts = np.full(n_ord, np.iinfo(np.int64).max, dtype=np.int64)
     np.minimum.at(order_ts, o[pos], t[pos])
     p_cust = order_cust[is_purchase]

@@ -570,3 +570,44 @@ def test_cdnow_sample_order_level(shared_data):
     assert int((f["n_purchase_days"] - 1).sum()) == 2_457  # published repeat transactions
     assert "distinct_products" not in f.columns
     assert np.isfinite(f.select_dtypes("number").to_numpy(dtype=float)).all()
+
+
+def test_prefixed_ordinary_orders_are_not_cancellations():
+    """Order ids that merely start with the prefix (Superstore's ``CA-2019-103800``, a
+    shop's ``CUST-17``) on ordinary lines are purchases, not cancellations, as the cleaning
+    rule decides (issue 15): before, every such order counted, cancellation_rate 1.0."""
+    rows = [
+        ("k1", "CA-2019-103800", "2021-03-01 10:00:00", "P1", 2, 16.45, "X", "US", "web"),
+        ("k1", "CA-2019-152156", "2021-05-05 10:00:00", "P3", 2, 130.98, "X", "US", "web"),
+        ("k2", "US-2019-108966", "2021-06-07 10:00:00", "P2", 1, 957.58, "Y", "US", "web"),
+        ("k3", "CUST-17", "2021-07-01 10:00:00", "P4", 3, 7.31, "Z", "US", "app"),
+        ("k3", "CUST-18", "2021-08-01 10:00:00", "P4", -1, 7.31, "Z", "US", "app"),  # a return
+        ("k4", "ORD-5", "2021-09-01 10:00:00", "P1", 1, 5.0, "X", "US", "app"),
+    ]
+    lines = make_lines(rows)
+    cleaned = clean_lines(lines, {"returns": "net"})
+    assert cleaned.report.rule("cancellations")["action"].startswith("skipped")
+    f = behaviour_features(cleaned.lines, AS_OF)
+    assert f["cancellation_rate"].tolist() == [0.0, 0.0, 0.0, 0.0]
+    assert f.loc["k3", "return_rate"] == 0.5  # CUST-18 is an ordinary return
+    assert f.loc["k1", "n_orders"] == 2
+    # the same under returns: drop (the default)
+    dropped = clean_lines(lines).lines
+    g = behaviour_features(dropped, AS_OF)
+    assert (g["cancellation_rate"] == 0).all() and g.loc["k1", "n_orders"] == 2
+
+
+@pytest.mark.realdata
+def test_online_retail_cancellations_unchanged(shared_data):
+    """Online Retail's ``C`` orders still count (the convention holds there): the figures
+    measured before the convention check, exactly (counts) and to 1e-12 (rate sums)."""
+    from crmkit.data.io import load_transactions
+
+    raw = load_transactions(shared_data / "online_retail.parquet")
+    lines = clean_lines(raw, {"returns": "net"}).lines
+    f = behaviour_features(lines, "2011-09-09")
+    assert int((f["cancellation_rate"] > 0).sum()) == 1_132
+    assert f["cancellation_rate"].sum() == pytest.approx(356.451451650399, rel=1e-12)
+    want = {"12347": 0.0, "12352": 0.2, "14911": 23 / 132, "17841": 31 / 112, "13089": 19 / 90}
+    for cust, rate in want.items():
+        assert f.loc[cust, "cancellation_rate"] == pytest.approx(rate, rel=1e-12), cust
