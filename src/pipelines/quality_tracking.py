@@ -17,12 +17,15 @@ _MAX_TAG = 4900  # MLflow tag values hold up to 5,000 characters (8,000 on newer
 
 def tag_quality(report: Any, run_ids: list[str], *, log_report: bool = False) -> None:
     """Tag the runs ``run_ids`` with the warnings of ``report`` (a
-    :class:`~crmkit.data.clean.QualityReport`); with ``log_report`` also log the report as
-    ``quality_report.json`` on each of them."""
+    :class:`~crmkit.data.clean.QualityReport`, or its ``to_dict()`` form as the Spark engine
+    measures it); with ``log_report`` also log the report as ``quality_report.json`` on each
+    of them."""
     import mlflow
 
     client = mlflow.MlflowClient()
-    warnings = list(getattr(report, "warnings", []) or [])
+    as_dict = report if isinstance(report, dict) else None
+    found = as_dict.get("warnings") if as_dict is not None else getattr(report, "warnings", None)
+    warnings = list(found or [])
     text = "\n".join(warnings)
     if len(text) > _MAX_TAG:
         text = text[: _MAX_TAG - 3] + "..."
@@ -33,4 +36,5 @@ def tag_quality(report: Any, run_ids: list[str], *, log_report: bool = False) ->
         if warnings:
             client.set_tag(run_id, TEXT_TAG, text)
         if log_report:
-            client.log_dict(run_id, report.to_dict(), "quality_report.json")
+            body = as_dict if as_dict is not None else report.to_dict()
+            client.log_dict(run_id, body, "quality_report.json")

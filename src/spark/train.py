@@ -649,6 +649,7 @@ def run_train(
     import mlflow
 
     from crmkit.features.kpis import plot_segment_sizes
+    from crmkit.pipelines.quality_tracking import tag_quality
     from crmkit.pipelines.train import (
         _flat_params,
         _quality_metrics,
@@ -703,6 +704,8 @@ def run_train(
             report = _validate_stage(lines, data, config)
             log_json(report, "quality_report.json")
             mlflow.log_metrics(_quality_metrics(report))
+            tag_quality(report, [run.info.run_id])
+            tag_quality(report, [parent.info.run_id], log_report=True)
         when = pd.Timestamp(as_of).normalize() if as_of is not None else default_as_of(lines)
         mlflow.log_param("as_of", str(when.date()))
 
