@@ -114,3 +114,29 @@ def test_demo_fit_has_dropout():
     model = BetaGeo.from_params({"r": 0.76, "alpha": 4.39, "a": 0.77, "b": 2.46})
     assert not finds_no_dropout(model)
     assert finds_no_dropout(BetaGeo.from_params({"r": 0.8, "alpha": 9.9, "a": 0.003, "b": 7.2}))
+
+
+def test_demo_score_segment_table_reads_sensibly(tmp_path):
+    """`crmkit demo` as a user runs it: the printed P(alive) per segment is ordered lost <
+    at_risk < hibernating < loyal < champions (before: lost 0.505 above at_risk 0.107), the
+    segments of one-time buyers show '-', and the note says why."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    crmkit = str(Path(sys.executable).with_name("crmkit"))
+    res = subprocess.run(
+        [crmkit, "demo", "--out", str(tmp_path / "out")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    table = res.stdout[res.stdout.index("P(alive)") :]
+    rows = dict(re.findall(r"^  (\w+) +[\d,]+ +[\d.]+% +[\d,.]+ +([\d.]+|-)$", table, re.M))
+    assert rows["new"] == rows["promising"] == "-"
+    p = {k: float(v) for k, v in rows.items() if v != "-"}
+    assert p["lost"] < p["at_risk"] < p["hibernating"] < p["loyal"] < p["champions"], p
+    assert "p_alive is missing for 1,106 one-time buyers" in res.stdout + res.stderr
