@@ -53,6 +53,7 @@ from crmkit.features.segments import (
     segment_shares,
 )
 from crmkit.pipelines.features import FeaturesConfig
+from crmkit.spark.orders import cancellation_convention
 from crmkit.spark.session import NANOS_AS_LONG
 
 __all__ = [
@@ -475,7 +476,9 @@ def customer_table(
     config
         Feature settings (unit, scoring, monetary, thresholds, windows, season windows).
     cancellation_prefixes
-        Order-id prefixes of cancelled orders (the cleaning config's).
+        Order-id prefixes of cancelled orders (the cleaning config's); a prefix counts only
+        where the lines show the convention, as in the local
+        :func:`~crmkit.features.behaviour.behaviour_features`.
     categoricals
         Columns whose usual value per customer becomes a column, when present.
 
@@ -506,6 +509,9 @@ def customer_table(
 
     base = _prepare(lines, extra)
     _validate(base, as_of)
+    if prefixes:  # only the prefixes the lines show as a convention, as the cleaning rule
+        ids = lines.select(F.col("order_id").cast("string").alias("order_id"), "quantity")
+        prefixes = cancellation_convention(ids, prefixes)[0]
     pos = F.col("q") > 0
     # one shuffle: every later grouping (by customer, customer-order, customer-day), join
     # and window is keyed on customer_id and runs within these partitions
