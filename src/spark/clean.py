@@ -96,6 +96,13 @@ from crmkit.spark.orders import (
     status_column,
 )
 from crmkit.spark.session import NANOS_AS_LONG, spark_session
+from crmkit.spark.timestamps import (
+    at_bound,
+    bound_note,
+    clamp_series,
+    implausible_mask,
+    native_ns,
+)
 
 __all__ = [
     "SparkValidateResult",
@@ -471,7 +478,7 @@ def _ts_parser(fmt: str, utc: bool):  # noqa: ANN202 - a pandas UDF
             p = pd.to_datetime(u, format=fmt, errors="coerce", utc=True).dt.tz_localize(None)
         else:
             p = _try_format(u, fmt)
-        ns = p.to_numpy(dtype="datetime64[ns]")
+        ns = clamp_series(p).to_numpy(dtype="datetime64[ns]")  # years 1678-2261, as locally
         ok = ~np.isnat(ns)
         vals = ns.view("int64")
         take = np.where(codes >= 0, codes, 0)
@@ -490,23 +497,6 @@ def _ts_text(dtype: T.DataType, c: Column) -> Column | None:
     if isinstance(dtype, T.IntegralType | T.FloatType | T.DoubleType):
         return c.try_cast("long").cast("string")  # e.g. 19970101 stored as a number
     return None
-
-
-def _ts_native(dtype: T.DataType, name: str) -> Column:
-    if isinstance(dtype, T.LongType):  # TIMESTAMP(NANOS) read with NANOS_AS_LONG
-        return F.col(name)
-    if isinstance(dtype, T.TimestampType):
-        return F.unix_micros(F.col(name)) * F.lit(1000)
-    if isinstance(dtype, T.TimestampNTZType):
-        epoch = "TIMESTAMP_NTZ'1970-01-01 00:00:00'"
-        return F.expr(f"timestampdiff(MICROSECOND, {epoch}, {name})") * F.lit(1000)
-    if isinstance(dtype, T.DateType):
-        return F.unix_date(F.col(name)).cast("long") * F.lit(_DAY_NS)
-    raise DataContractError(
-        f"holds {dtype.simpleString()} values, not timestamps",
-        column="order_ts",
-        rule="timestamp_format",
-    )
 
 
 def _ts_candidates(
@@ -544,6 +534,7 @@ def _ts_profile(text: Column, cands: list[tuple[str, bool]]) -> dict[str, Column
     parsed = [_ts_parser(f, u)(text) for f, u in cands]
     for i, p in enumerate(parsed):
         aggs[f"ts:fail:{i}"] = _count(text.isNotNull() & p.isNull())
+        aggs[f"ts:bound:{i}"] = _count(at_bound(p))
         for j in range(i + 1, len(parsed)):
             aggs[f"ts:differ:{i}:{j}"] = _count(p != parsed[j])
     return aggs
@@ -729,6 +720,9 @@ def read_raw(
         aggs |= _id_profile(c, dtype(c), col(c))
     if ts_text is not None:
         aggs |= _ts_profile(ts_text, cands)
+    else:
+        ts_raw = f"c{pos[by_canon['order_ts']]}"
+        aggs["ts:bound"] = _count(at_bound(native_ns(dtype("order_ts"), ts_raw)))
     for c in nums:
         aggs |= _num_profile(c, dtype(c), col(c))
     stats = _profile(raw, aggs, src)
@@ -740,13 +734,19 @@ def read_raw(
     out: dict[str, Column] = {
         "customer_id": _id_column("customer_id", dtype("customer_id"), col("customer_id"), stats)
     }
-    fmt = "native"
+    fmt, at = "native", len(notes)
     if ts_text is not None:
         ts, fmt = _ts_column(
             raw, ts_text, label("order_ts"), cands, best, d.date_format, stats, notes
         )
+        bound = stats[f"ts:bound:{[f for f, _ in cands].index(fmt)}"]
+        at = at if stats["ts:tz"] else len(notes)  # before the time-zone note, else last
     else:
-        ts = _ts_native(dtype("order_ts"), f"c{pos[by_canon['order_ts']]}")
+        ts = native_ns(dtype("order_ts"), f"c{pos[by_canon['order_ts']]}")
+        bound = stats["ts:bound"]
+    if bound:  # where the local loader's parse_timestamps puts its note
+        raw_ts = f"c{pos[by_canon['order_ts']]}"
+        notes.insert(at, bound_note(raw, ts, raw_ts, LINE_ORDER, label("order_ts"), bound))
     out["order_ts"] = ts
     for c in nums:
         out[c], _ = _num_column(c, label(c), dtype(c), col(c), stats, notes)
@@ -893,6 +893,7 @@ def _mark(
     masks["invalid_values"] = (
         ts.isNull() | ~_finite(q) | (q == 0) | ~_finite(price) | ~_finite(amount)
     )
+    masks["implausible_timestamp"] = implausible_mask(cfg, ts)
     if has_status:
         wanted = excluded_statuses(cfg.excluded_statuses)
         hit = F.col("order_status").isin(wanted) if wanted else F.lit(False)
