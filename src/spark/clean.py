@@ -841,7 +841,11 @@ def _as_raw(raw: RawLines | DataFrame) -> RawLines:
             rule="required_column",
             hint="read raw files with crmkit.spark.clean.read_raw",
         )
-    frame = raw.withColumn("order_ts", _timestamp_ns(raw))
+    kind = raw.schema["order_ts"].dataType
+    native = isinstance(kind, T.TimestampType | T.TimestampNTZType)  # years 1678-2261
+    frame = raw.withColumn(
+        "order_ts", native_ns(kind, "order_ts") if native else _timestamp_ns(raw)
+    )
     if LINE_ORDER not in frame.columns:
         order = F.struct(
             F.lit("").alias("file"),

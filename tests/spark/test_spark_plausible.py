@@ -91,3 +91,11 @@ def test_implausible_timestamps_parquet(spark, tmp_path):
     check_same(spark, got, loc, "Parquet")
     note = next(n for n in loc.report.notes if "representable" in n)
     assert "row 41: Timestamp('2300-01-01 00:00:00')" in note
+    # a Spark DataFrame in canonical columns (no reader): the same rule, no overflow
+    from crmkit.spark.clean import clean_lines
+
+    frame = spark.read.parquet(str(path))
+    lines, report = clean_lines(frame.withColumn("amount", frame.quantity * frame.unit_price))
+    rule = report.rule("implausible_timestamp")
+    assert rule["rows_dropped"] == rule["matched_in_input"] == 4
+    assert lines.count() == len(loc.lines)
