@@ -113,14 +113,21 @@ def test_spark_validate_equals_local(spark, tmp_path):
         args = ["features", str(out / "lines.parquet"), "--engine", "spark", "--as-of"]
         res = runner.invoke(app, [*args, "2023-06-30", "--out", str(feats[engine])])
         assert res.exit_code == 0, res.output
+    # the same Spark features on lines stored as one file or as a directory of part files:
+    # Spark's sums over differently partitioned input may differ in the last bits, so floats
+    # within 1e-12 (relative); ids, counts, scores and segments identical
     pd.testing.assert_frame_equal(
         pd.read_parquet(feats["spark"] / "customers.parquet"),
         pd.read_parquet(feats["local"] / "customers.parquet"),
-        check_exact=True,
+        check_exact=False,
+        rtol=1e-12,
     )
-    assert (feats["spark"] / "segments.csv").read_text() == (
-        feats["local"] / "segments.csv"
-    ).read_text()
+    pd.testing.assert_frame_equal(
+        pd.read_csv(feats["spark"] / "segments.csv"),
+        pd.read_csv(feats["local"] / "segments.csv"),
+        check_exact=False,
+        rtol=1e-12,
+    )
 
     # 2. a directory of Parquet files (read in path order), returns kept, an analysis date;
     #    the output written as 3 part files, read back exactly by read_lines
