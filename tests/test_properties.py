@@ -44,6 +44,9 @@ SETTINGS = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
     database=None,  # no .hypothesis/ folder left in the working directory
+    # the same examples on every run and machine: CI is green or red for the code, not for
+    # the draw (explore with `--hypothesis-seed=N`; pin what it finds with @example)
+    derandomize=True,
 )
 
 
