@@ -744,19 +744,18 @@ def score(
         model = f"models:/{reg.model_name}@{reg.alias}"
     t0 = time.perf_counter()
     configure(tracking_uri, cfg.score.experiment)
+    options = dict(
+        model_uri=model,
+        as_of=as_of,
+        config=cfg,
+        fmt=fmt,
+        progress=_info,
+        trust_model_dir=trust_model_dir,
+    )
     if engine == "spark":
         from crmkit.spark.pipeline import run_score as run_spark_score
 
-        sres = run_spark_score(
-            data,
-            out,
-            model_uri=model,
-            as_of=as_of,
-            config=cfg,
-            fmt=fmt,
-            progress=_info,
-            trust_model_dir=trust_model_dir,
-        )
+        sres = run_spark_score(data, out, **options)
         s = sres.summary
         typer.echo(
             f"scored {s['customers']:,} customers at {s['as_of']} with {sres.model['uri']} "
@@ -774,16 +773,7 @@ def score(
             typer.secho(f"  note: {n}", fg=typer.colors.YELLOW)
         _info(f"wrote {out}/ in {time.perf_counter() - t0:.1f} s")
         return
-    res = run_score(
-        data,
-        out,
-        model_uri=model,
-        as_of=as_of,
-        config=cfg,
-        fmt=fmt,
-        progress=_info,
-        trust_model_dir=trust_model_dir,
-    )
+    res = run_score(data, out, **options)
     _defer_warnings(res.quality)
     _print_score(res)
     _info(f"wrote {out}/ in {time.perf_counter() - t0:.1f} s")
